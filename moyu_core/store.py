@@ -1,0 +1,339 @@
+"""The DuckDB store: the only module that holds SQL.
+
+One file (default `cache/moyu.duckdb`, `MOYU_DB` or `--db` to change). Connections are
+short-lived (one per operation), so a second process (the command line while the app runs) can
+take its turn: an operation that finds the file locked retries for `MOYU_DB_TIMEOUT` seconds,
+then fails with a clear message. Values are always bound as parameters; table and column names
+never come from users. Each run is written in one transaction: a crash leaves it whole or absent.
+
+Activations: one row per (run, layer, token); the neuron vector is stored as raw little-endian
+bytes (`vec BLOB`) of the run's dtype: int8 with a per-row float scale (default; the maximum
+reconstruction error is scale/2 = max|z|/254, under 0.4% of the row's max |z|), float16 or
+float32 (scale 1).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from .errors import MoyuError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = Path(os.environ.get("MOYU_DB", Path(__file__).resolve().parent.parent / "cache" / "moyu.duckdb"))
+DTYPES = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id VARCHAR PRIMARY KEY, model VARCHAR, fingerprint VARCHAR, mode VARCHAR,
+        prefix VARCHAR, chat BOOLEAN, method VARCHAR, params VARCHAR, text VARCHAR,
+        n_tokens INTEGER, n_layers INTEGER, d_ff INTEGER, n_heads INTEGER, dtype VARCHAR,
+        created_at TIMESTAMP DEFAULT current_timestamp)""",
+    "CREATE TABLE IF NOT EXISTS tokens (run_id VARCHAR, pos INTEGER, token_id INTEGER, piece VARCHAR)",
+    """CREATE TABLE IF NOT EXISTS activations (
+        run_id VARCHAR, layer SMALLINT, pos INTEGER, scale FLOAT, vec BLOB)""",
+    """CREATE TABLE IF NOT EXISTS token_stats (
+        run_id VARCHAR, layer SMALLINT, pos INTEGER, resid_norm FLOAT, attn_received FLOAT[])""",
+    """CREATE TABLE IF NOT EXISTS results (
+        key VARCHAR PRIMARY KEY, kind VARCHAR, model VARCHAR, method VARCHAR, params VARCHAR,
+        result VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp)""",
+]
+_RUN_TABLES = ("tokens", "activations", "token_stats")
+
+
+def content_hash(obj: Any) -> str:
+    """Stable hash of a JSON-able object (sorted keys): content addresses for runs and results."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def quantize(z: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors of `dtype`, per-row scale) for float32 rows z (N, d_ff)."""
+    if dtype == "int8":
+        scale = np.abs(z).max(axis=1) / 127.0
+        safe = np.where(scale > 0, scale, 1.0)
+        q = np.clip(np.rint(z / safe[:, None]), -127, 127).astype(np.int8)
+        return q, scale.astype(np.float32)
+    if dtype not in DTYPES:
+        raise MoyuError(f"unknown dtype '{dtype}'; choose int8, float16 or float32")
+    return z.astype(DTYPES[dtype]), np.ones(len(z), np.float32)
+
+
+def _open(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise MoyuError(f"cannot open database {path}: {str(e).splitlines()[0]}") from e
+            if time.monotonic() > deadline:
+                raise MoyuError(f"database {path} is held by another process; "
+                                f"waited {timeout:.0f} s (MOYU_DB_TIMEOUT)") from e
+            time.sleep(0.1)
+        except duckdb.Error as e:
+            raise MoyuError(f"cannot open database {path}: {str(e).splitlines()[0]}") from e
+
+
+class _Holder:
+    """One open connection per database file in this process, closed after `IDLE_SECONDS`
+    without use so that another process (DuckDB allows one writer) can take its turn."""
+
+    IDLE_SECONDS = float(os.environ.get("MOYU_DB_IDLE", "0.5"))
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.active = 0
+        self.last_used = 0.0
+        self.timer: threading.Timer | None = None
+
+    def release(self) -> None:
+        with self.lock:
+            self.active -= 1
+            self.last_used = time.monotonic()
+            if self.timer is None:
+                self.timer = threading.Timer(self.IDLE_SECONDS, self._close_if_idle)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _close_if_idle(self) -> None:
+        with self.lock:
+            self.timer = None
+            idle = time.monotonic() - self.last_used
+            if self.con is not None and self.active == 0 and idle >= self.IDLE_SECONDS * 0.9:
+                self.con.close()
+                self.con = None
+            elif self.con is not None:
+                self.timer = threading.Timer(max(0.05, self.IDLE_SECONDS - idle), self._close_if_idle)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def close_now(self) -> None:
+        with self.lock:
+            if self.con is not None and self.active == 0:
+                self.con.close()
+                self.con = None
+
+
+_HOLDERS: dict[Path, _Holder] = {}
+_HOLDERS_LOCK = threading.Lock()
+
+
+def _holder(path: Path) -> _Holder:
+    with _HOLDERS_LOCK:
+        return _HOLDERS.setdefault(path.resolve(), _Holder())
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    model: str
+    fingerprint: str
+    mode: str
+    prefix: str
+    chat: bool
+    method: str
+    params: dict
+    text: str
+    n_tokens: int
+    n_layers: int
+    d_ff: int
+    n_heads: int
+    dtype: str
+
+
+class Store:
+    """A DuckDB file of runs and results. Cheap to construct; holds no open connection."""
+
+    _write_lock = threading.Lock()
+
+    def __init__(self, path: str | Path | None = None, timeout: float | None = None):
+        self.path = Path(path or DEFAULT_DB)
+        self.timeout = float(os.environ.get("MOYU_DB_TIMEOUT", "15") if timeout is None else timeout)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            for stmt in _SCHEMA:
+                con.execute(stmt)
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            elif row[0] != str(SCHEMA_VERSION):
+                raise MoyuError(f"{self.path} has schema version {row[0]}; this moyu reads version "
+                                f"{SCHEMA_VERSION}. Use another --db or export/import the runs.")
+
+    def close(self) -> None:
+        """Release the file now (it is released anyway after a short idle time)."""
+        _holder(self.path).close_now()
+
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        holder = _holder(self.path)
+        with holder.lock:
+            if holder.con is None:
+                holder.con = _open(self.path, self.timeout)
+            holder.active += 1
+        try:
+            cur = holder.con.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+        finally:
+            holder.release()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._write_lock, self._connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    # ---- runs -------------------------------------------------------------------------------
+
+    def has_run(self, run_id: str) -> bool:
+        with self._connect() as con:
+            return con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is not None
+
+    def run(self, run_id: str) -> RunRecord:
+        with self._connect() as con:
+            cur = con.execute("SELECT * EXCLUDE (created_at) FROM runs WHERE run_id = ?", [run_id])
+            row = cur.fetchone()
+            if row is None:
+                raise MoyuError(f"no run '{run_id}' in {self.path}")
+            rec = dict(zip([d[0] for d in cur.description], row))
+        rec["params"] = json.loads(rec["params"] or "{}")
+        return RunRecord(**rec)
+
+    def put_run(self, rec: RunRecord, token_ids: list[int], pieces: list[str], z: np.ndarray,
+                attn_received: np.ndarray, resid_norm: np.ndarray) -> bool:
+        """Store a run whole, in one transaction. z (L, T, d_ff), attn_received (L, H, T),
+        resid_norm (L, T). Returns False if the run was already there."""
+        L, T, D = z.shape
+        vec, scale = quantize(z.reshape(L * T, D), rec.dtype)
+        layer_col = np.repeat(np.arange(L, dtype=np.int16), T)
+        pos_col = np.tile(np.arange(T, dtype=np.int32), L)
+        row_bytes = vec.dtype.itemsize * D
+        offsets = pa.py_buffer(np.arange(L * T + 1, dtype=np.int32) * row_bytes)
+        blob = pa.BinaryArray.from_buffers(pa.binary(), L * T, [None, offsets, pa.py_buffer(vec.tobytes())])
+        acts = pa.table({"run_id": pa.array([rec.run_id] * (L * T)), "layer": layer_col, "pos": pos_col,
+                         "scale": scale, "vec": blob})
+        H = attn_received.shape[1]
+        attn = attn_received.transpose(0, 2, 1).reshape(L * T, H).astype(np.float32)
+        stats = pa.table({"run_id": pa.array([rec.run_id] * (L * T)), "layer": layer_col, "pos": pos_col,
+                          "resid_norm": resid_norm.reshape(L * T).astype(np.float32),
+                          "attn_received": pa.FixedSizeListArray.from_arrays(pa.array(attn.ravel()), H)})
+        toks = pa.table({"run_id": pa.array([rec.run_id] * T), "pos": np.arange(T, dtype=np.int32),
+                         "token_id": np.asarray(token_ids, np.int32), "piece": pa.array(pieces, pa.string())})
+        with self._transaction() as con:
+            if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [rec.run_id]).fetchone():
+                return False
+            con.execute("INSERT INTO runs (run_id, model, fingerprint, mode, prefix, chat, method, params, "
+                        "text, n_tokens, n_layers, d_ff, n_heads, dtype) VALUES "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [rec.run_id, rec.model, rec.fingerprint, rec.mode, rec.prefix, rec.chat, rec.method,
+                         json.dumps(rec.params, sort_keys=True), rec.text, rec.n_tokens, rec.n_layers,
+                         rec.d_ff, rec.n_heads, rec.dtype])
+            con.register("_acts", acts)
+            con.execute("INSERT INTO activations SELECT run_id, layer, pos, scale, vec FROM _acts")
+            con.register("_stats", stats)
+            con.execute("INSERT INTO token_stats SELECT run_id, layer, pos, resid_norm, attn_received FROM _stats")
+            con.register("_toks", toks)
+            con.execute("INSERT INTO tokens SELECT run_id, pos, token_id, piece FROM _toks")
+        return True
+
+    def activations(self, run_id: str, layer: int) -> np.ndarray:
+        """float32 (tokens, d_ff) of one layer of a run, dequantized."""
+        rec = self.run(run_id)
+        if not 0 <= layer < rec.n_layers:
+            raise MoyuError(f"layer {layer} out of range 0..{rec.n_layers - 1}")
+        with self._connect() as con:
+            tbl = con.sql("SELECT scale, vec FROM activations WHERE run_id = ? AND layer = ? ORDER BY pos",
+                          params=[run_id, layer]).to_arrow_table()
+        vec = tbl.column("vec").combine_chunks()
+        offsets = np.frombuffer(vec.buffers()[1], np.int32)[vec.offset:vec.offset + len(vec) + 1]
+        raw = np.frombuffer(vec.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+        out = raw.view(DTYPES[rec.dtype]).reshape(len(vec), rec.d_ff).astype(np.float32)
+        if rec.dtype == "int8":
+            out *= tbl.column("scale").to_numpy()[:, None]
+        return out
+
+    def tokens(self, run_id: str) -> list[tuple[int, str]]:
+        with self._connect() as con:
+            rows = con.execute("SELECT token_id, piece FROM tokens WHERE run_id = ? ORDER BY pos",
+                               [run_id]).fetchall()
+        return [(int(a), b) for a, b in rows]
+
+    def token_stats(self, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(attn_received (L, H, T), resid_norm (L, T)) of a run."""
+        rec = self.run(run_id)
+        with self._connect() as con:
+            tbl = con.sql("SELECT resid_norm, attn_received FROM token_stats WHERE run_id = ? "
+                          "ORDER BY layer, pos", params=[run_id]).to_arrow_table()
+        L, T = rec.n_layers, rec.n_tokens
+        norm = tbl.column("resid_norm").to_numpy().reshape(L, T)
+        attn = tbl.column("attn_received").combine_chunks().flatten().to_numpy().reshape(L, T, -1)
+        return attn.transpose(0, 2, 1).copy(), norm
+
+    def list_runs(self, model: str | None = None, method: str | None = None, text: str | None = None,
+                  limit: int = 1000) -> list[dict]:
+        """Runs, newest first, filtered by model, method and a substring of the text."""
+        with self._connect() as con:
+            cur = con.execute(
+                "SELECT run_id, model, mode, method, params, n_tokens, n_layers, d_ff, dtype, created_at, "
+                "left(text, 200) AS text FROM runs WHERE (? IS NULL OR model = ?) AND (? IS NULL OR method = ?) "
+                "AND (? IS NULL OR contains(lower(text), lower(?))) ORDER BY created_at DESC LIMIT ?",
+                [model, model, method, method, text, text, limit])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def delete_run(self, run_id: str) -> bool:
+        with self._transaction() as con:
+            if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is None:
+                return False
+            con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM tokens WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM activations WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM token_stats WHERE run_id = ?", [run_id])
+        return True
+
+    # ---- results (metrics, experiments, router reports): content-addressed JSON ----------------
+
+    def put_result(self, kind: str, key: dict, result: dict, model: str | None = None,
+                   method: str | None = None) -> str:
+        k = content_hash({"kind": kind, **key})
+        with self._transaction() as con:
+            con.execute("DELETE FROM results WHERE key = ?", [k])
+            con.execute("INSERT INTO results (key, kind, model, method, params, result) VALUES (?, ?, ?, ?, ?, ?)",
+                        [k, kind, model, method, json.dumps(key, sort_keys=True, default=str),
+                         json.dumps(result, default=float)])
+        return k
+
+    def get_result(self, kind: str, key: dict) -> dict | None:
+        k = content_hash({"kind": kind, **key})
+        with self._connect() as con:
+            row = con.execute("SELECT result FROM results WHERE key = ?", [k]).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def results(self, kind: str | None = None, model: str | None = None) -> list[dict]:
+        with self._connect() as con:
+            rows = con.execute("SELECT kind, model, method, params, result, created_at FROM results "
+                               "WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR model = ?) ORDER BY created_at",
+                               [kind, kind, model, model]).fetchall()
+        return [{"kind": r[0], "model": r[1], "method": r[2], "params": json.loads(r[3]),
+                 "result": json.loads(r[4]), "created_at": r[5]} for r in rows]

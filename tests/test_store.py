@@ -1,0 +1,122 @@
+"""The DuckDB store: quantization bound, dtypes, cache hits, schema version, atomic runs."""
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+from moyu_core import hooks, runs
+from moyu_core.errors import MoyuError
+from moyu_core.store import RunRecord, Store, quantize
+
+
+def _record(run_id="r1", L=2, T=5, D=64, dtype="int8"):
+    return RunRecord(run_id=run_id, model="tiny", fingerprint="f", mode="sequential", prefix="", chat=False,
+                     method="dense", params={}, text="x", n_tokens=T, n_layers=L, d_ff=D, n_heads=4, dtype=dtype)
+
+
+def _put(db, rec, seed=0):
+    rng = np.random.default_rng(seed)
+    L, T, D = rec.n_layers, rec.n_tokens, rec.d_ff
+    z = (rng.standard_normal((L, T, D)) * rng.uniform(0.01, 50, (L, T, 1))).astype(np.float32)
+    db.put_run(rec, list(range(T)), [f"t{i}" for i in range(T)], z,
+               rng.random((L, 4, T)).astype(np.float32), rng.random((L, T)).astype(np.float32))
+    return z
+
+
+def test_int8_error_within_half_percent_of_row_max():
+    z = np.random.default_rng(1).standard_normal((100, 1536)).astype(np.float32) * 7
+    q, scale = quantize(z, "int8")
+    err = np.abs(q.astype(np.float32) * scale[:, None] - z).max(axis=1)
+    assert (err <= 0.005 * np.abs(z).max(axis=1)).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [("int8", 0.005), ("float16", 0.001), ("float32", 0.0)])
+def test_roundtrip_each_dtype(db, dtype, tol):
+    rec = _record(dtype=dtype)
+    z = _put(db, rec)
+    for layer in range(2):
+        got = db.activations("r1", layer)
+        assert got.dtype == np.float32 and got.shape == (5, 64)
+        assert (np.abs(got - z[layer]) <= tol * np.abs(z[layer]).max(axis=1, keepdims=True) + 1e-7).all()
+
+
+def test_zero_rows_survive_int8(db):
+    rec = _record()
+    L, T, D = 2, 5, 64
+    db.put_run(rec, list(range(T)), ["a"] * T, np.zeros((L, T, D), np.float32),
+               np.zeros((L, 4, T), np.float32), np.zeros((L, T), np.float32))
+    assert (db.activations("r1", 0) == 0).all()
+
+
+def test_same_run_twice_is_not_duplicated(db):
+    rec = _record()
+    _put(db, rec)
+    assert db.put_run(rec, [0] * 5, ["a"] * 5, np.zeros((2, 5, 64), np.float32),
+                      np.zeros((2, 4, 5), np.float32), np.zeros((2, 5), np.float32)) is False
+    assert db.activations("r1", 1).shape == (5, 64)
+
+
+def test_failed_write_leaves_nothing(db):
+    rec = _record()
+    with pytest.raises(Exception):  # attention of the wrong shape fails inside the transaction
+        db.put_run(rec, list(range(5)), ["a"] * 5, np.zeros((2, 5, 64), np.float32),
+                   np.zeros((2, 4, 3), np.float32), np.zeros((2, 5), np.float32))
+    assert not db.has_run("r1")
+    assert db.list_runs() == []
+
+
+def test_schema_version_mismatch_is_a_clear_error(tmp_path):
+    path = tmp_path / "old.duckdb"
+    Store(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(MoyuError, match="schema version 999"):
+        Store(path)
+
+
+def test_layer_out_of_range_and_unknown_run(db):
+    _put(db, _record())
+    with pytest.raises(MoyuError, match="out of range"):
+        db.activations("r1", 2)
+    with pytest.raises(MoyuError, match="no run"):
+        db.activations("nope", 0)
+
+
+def test_delete_run(db):
+    _put(db, _record())
+    assert db.delete_run("r1") and not db.has_run("r1")
+    assert not db.delete_run("r1")
+
+
+def test_results_are_content_addressed(db):
+    db.put_result("eval", {"method": "tda", "keep": 0.5}, {"ppl": 3.0}, model="m", method="tda")
+    assert db.get_result("eval", {"keep": 0.5, "method": "tda"}) == {"ppl": 3.0}
+    assert db.get_result("eval", {"method": "tda", "keep": 0.25}) is None
+    assert len(db.results("eval")) == 1
+
+
+def test_capture_cache_hit_calls_no_model(lm, db, monkeypatch):
+    r1 = runs.capture_run(lm, db, "Caching is content addressed.")
+    assert not r1.cached
+
+    def no_forward(*a, **k):
+        raise AssertionError("model called on a cache hit")
+
+    monkeypatch.setattr(hooks, "capture", no_forward)
+    r2 = runs.capture_run(lm, db, "Caching is content addressed.")
+    assert r2.cached and r2.run_id == r1.run_id
+    # another manner or dtype is another run
+    monkeypatch.undo()
+    r3 = runs.capture_run(lm, db, "Caching is content addressed.", mode="parallel")
+    assert r3.run_id != r1.run_id and not r3.cached
+
+
+def test_token_stats_real_model(lm, db):
+    r = runs.capture_run(lm, db, "The first token is often an attention sink.")
+    attn, norm = db.token_stats(r.run_id)
+    assert attn.shape == (30, 9, r.tokens) and norm.shape == (30, r.tokens)
+    # each query's attention sums to one: totals per layer and head equal the token count
+    np.testing.assert_allclose(attn.sum(axis=2), r.tokens, rtol=1e-3)
+    assert [p for _, p in db.tokens(r.run_id)][:2] == ["The", " first"]
