@@ -23,9 +23,19 @@ MlpFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 class Captured:
     """What one capture records, all float32 numpy."""
 
-    z: np.ndarray              # (L, T, d_ff): input of down_proj, per layer and token
+    z: np.ndarray | None       # (L, T, d_ff): input of down_proj, per layer and token
     attn_received: np.ndarray  # (L, H, T): attention each key token receives, summed over queries
     resid_norm: np.ndarray     # (L, T): L2 norm of the residual stream after each layer
+    z_int8: np.ndarray | None = None   # (L, T, d_ff) int8, when captured with int8=True (z is None)
+    z_scale: np.ndarray | None = None  # (L, T): per-row scale, z ~= z_int8 * z_scale
+
+
+def quantize_int8(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of z (N, d_ff) as int8 with a per-row scale max|z|/127 (error <= scale/2).
+    Done per layer inside the hook, while the layer's z is still in cache."""
+    scale = z.abs().amax(dim=1) / 127.0
+    q = torch.round(z / scale.clamp_min(1e-30)[:, None]).to(torch.int8)
+    return q, scale
 
 
 def hook_count(model: torch.nn.Module) -> int:
@@ -77,10 +87,11 @@ def gate_intervention(lm: LoadedModel, fn: MlpFn):
 class _Recorder:
     """Collects z, attention received and residual norms at chosen positions of each sequence."""
 
-    def __init__(self, lm: LoadedModel, last_only: bool):
-        self.lm, self.last_only = lm, last_only
+    def __init__(self, lm: LoadedModel, last_only: bool, int8: bool = False):
+        self.lm, self.last_only, self.int8 = lm, last_only, int8
         n = lm.n_layers
         self.z: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        self.scale: list[list[torch.Tensor]] = [[] for _ in range(n)]
         self.attn: list[list[torch.Tensor]] = [[] for _ in range(n)]
         self.norm: list[list[torch.Tensor]] = [[] for _ in range(n)]
 
@@ -99,7 +110,11 @@ class _Recorder:
 
     def _z_hook(self, i):
         def pre(_m, args):
-            self.z[i].append(self._pick(args[0]))
+            z = self._pick(args[0])
+            if self.int8:
+                z, scale = quantize_int8(z)
+                self.scale[i].append(scale)
+            self.z[i].append(z)
         return pre
 
     def _attn_hook(self, i):
@@ -124,23 +139,27 @@ class _Recorder:
         z = torch.stack([torch.cat(zs) for zs in self.z]).numpy()
         attn = torch.stack([torch.cat(a) for a in self.attn]).permute(0, 2, 1).contiguous().numpy()
         norm = torch.stack([torch.cat(n) for n in self.norm]).numpy()
+        if self.int8:
+            scale = torch.stack([torch.cat(s) for s in self.scale]).numpy()
+            return Captured(z=None, attn_received=attn, resid_norm=norm, z_int8=z, z_scale=scale)
         return Captured(z=z, attn_received=attn, resid_norm=norm)
 
 
 @torch.inference_mode()
 def capture(lm: LoadedModel, ids: list[int], mode: str = "sequential",
             prefix_ids: list[int] | None = None, batch: int = 64,
-            progress: Callable[[float], None] | None = None) -> Captured:
+            progress: Callable[[float], None] | None = None, int8: bool = False) -> Captured:
     """Run `ids` through the model and record every token's activations.
 
     sequential: one forward over the whole sequence (prefix ids, if any, are simply not recorded).
     parallel: each token alone after the shared prefix (the paper's Figure 2 control); the
     recorded position is the token itself, its attention figure the weight it gives its own key.
+    int8: quantize z per row inside the hook (`quantize_int8`) and return z_int8/z_scale, z None.
     """
     if mode not in ("sequential", "parallel"):
         raise ValueError(f"unknown input mode '{mode}' (sequential or parallel)")
     prefix_ids = list(prefix_ids or [])
-    rec = _Recorder(lm, last_only=(mode == "parallel"))
+    rec = _Recorder(lm, last_only=(mode == "parallel"), int8=int8)
     with hooked(lm, rec.hooks()):
         if mode == "sequential":
             lm.model(torch.tensor([prefix_ids + list(ids)]), use_cache=False)
@@ -156,5 +175,7 @@ def capture(lm: LoadedModel, ids: list[int], mode: str = "sequential",
     got = rec.result()
     if mode == "sequential" and prefix_ids:
         p = len(prefix_ids)
-        got = Captured(got.z[:, p:], got.attn_received[:, :, p:], got.resid_norm[:, p:])
+        cut = (lambda a: None if a is None else a[:, p:])
+        got = Captured(cut(got.z), got.attn_received[:, :, p:], got.resid_norm[:, p:],
+                       cut(got.z_int8), cut(got.z_scale))
     return got

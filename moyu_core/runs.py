@@ -52,10 +52,11 @@ def capture_run(lm: LoadedModel, store: Store, text: str, mode: str = "sequentia
     result = CaptureResult(run_id, len(ids), lm.n_layers, lm.d_ff, cached=True)
     if store.has_run(run_id):
         return result
-    got = hooks.capture(lm, ids, mode=mode, prefix_ids=prefix_ids, progress=progress)
+    got = hooks.capture(lm, ids, mode=mode, prefix_ids=prefix_ids, progress=progress, int8=(dtype == "int8"))
     rec = RunRecord(run_id=run_id, model=lm.name, fingerprint=lm.fingerprint, mode=mode, prefix=prefix,
                     chat=chat, method="dense", params={}, text=text, n_tokens=len(ids),
                     n_layers=lm.n_layers, d_ff=lm.d_ff, n_heads=lm.n_heads, dtype=dtype)
-    inserted = store.put_run(rec, ids, lm.pieces(ids), got.z, got.attn_received, got.resid_norm)
+    quantized = (got.z_int8, got.z_scale) if dtype == "int8" else None
+    inserted = store.put_run(rec, ids, lm.pieces(ids), got.z, got.attn_received, got.resid_norm, quantized)
     result.cached = not inserted
     return result

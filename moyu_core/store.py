@@ -13,6 +13,7 @@ float32 (scale 1).
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -131,6 +132,18 @@ _HOLDERS: dict[Path, _Holder] = {}
 _HOLDERS_LOCK = threading.Lock()
 
 
+@atexit.register
+def _close_all() -> None:
+    for h in list(_HOLDERS.values()):
+        with h.lock:
+            if h.timer is not None:
+                h.timer.cancel()
+                h.timer = None
+            if h.con is not None:
+                h.con.close()
+                h.con = None
+
+
 def _holder(path: Path) -> _Holder:
     with _HOLDERS_LOCK:
         return _HOLDERS.setdefault(path.resolve(), _Holder())
@@ -220,17 +233,24 @@ class Store:
         rec["params"] = json.loads(rec["params"] or "{}")
         return RunRecord(**rec)
 
-    def put_run(self, rec: RunRecord, token_ids: list[int], pieces: list[str], z: np.ndarray,
-                attn_received: np.ndarray, resid_norm: np.ndarray) -> bool:
-        """Store a run whole, in one transaction. z (L, T, d_ff), attn_received (L, H, T),
+    def put_run(self, rec: RunRecord, token_ids: list[int], pieces: list[str], z: np.ndarray | None,
+                attn_received: np.ndarray, resid_norm: np.ndarray,
+                quantized: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+        """Store a run whole, in one transaction. z (L, T, d_ff) float, or `quantized` = (int8
+        (L, T, d_ff), scale (L, T)) already in the run's dtype; attn_received (L, H, T),
         resid_norm (L, T). Returns False if the run was already there."""
-        L, T, D = z.shape
-        vec, scale = quantize(z.reshape(L * T, D), rec.dtype)
+        if quantized is not None:
+            L, T, D = quantized[0].shape
+            vec, scale = quantized[0].reshape(L * T, D), quantized[1].reshape(L * T).astype(np.float32)
+        else:
+            L, T, D = z.shape
+            vec, scale = quantize(z.reshape(L * T, D), rec.dtype)
         layer_col = np.repeat(np.arange(L, dtype=np.int16), T)
         pos_col = np.tile(np.arange(T, dtype=np.int32), L)
         row_bytes = vec.dtype.itemsize * D
         offsets = pa.py_buffer(np.arange(L * T + 1, dtype=np.int32) * row_bytes)
-        blob = pa.BinaryArray.from_buffers(pa.binary(), L * T, [None, offsets, pa.py_buffer(vec.tobytes())])
+        blob = pa.BinaryArray.from_buffers(pa.binary(), L * T,
+                                           [None, offsets, pa.py_buffer(np.ascontiguousarray(vec))])
         acts = pa.table({"run_id": pa.array([rec.run_id] * (L * T)), "layer": layer_col, "pos": pos_col,
                          "scale": scale, "vec": blob})
         H = attn_received.shape[1]

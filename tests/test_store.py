@@ -120,3 +120,14 @@ def test_token_stats_real_model(lm, db):
     # each query's attention sums to one: totals per layer and head equal the token count
     np.testing.assert_allclose(attn.sum(axis=2), r.tokens, rtol=1e-3)
     assert [p for _, p in db.tokens(r.run_id)][:2] == ["The", " first"]
+
+
+def test_capture_time_int8_equals_store_rule(tiny_lm):
+    ids = [5, 9, 13, 2, 40]
+    flt = hooks.capture(tiny_lm, ids)
+    q8 = hooks.capture(tiny_lm, ids, int8=True)
+    assert flt.z_int8 is None and q8.z is None
+    L, T, D = flt.z.shape
+    q, scale = quantize(flt.z.reshape(L * T, D), "int8")
+    np.testing.assert_allclose(q8.z_scale.reshape(-1), scale, rtol=1e-6)
+    assert np.abs(q8.z_int8.reshape(L * T, D).astype(int) - q.astype(int)).max() <= 1  # ties may round apart
