@@ -99,8 +99,20 @@ class LoadedModel:
     def n_heads(self) -> int:
         return self.model.config.num_attention_heads
 
-    def encode(self, text: str, chat: bool = False, max_tokens: int | None = None) -> list[int]:
-        """Token ids of `text` (no special tokens; with `chat`, the model's chat template).
+    @property
+    def bos_ids(self) -> list[int]:
+        """[BOS] when the tokenizer starts every text with it by default (Gemma), else []."""
+        if self.tokenizer is None:
+            return []
+        probe = self.tokenizer("a")["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        return [bos] if bos is not None and probe and probe[0] == bos else []
+
+    def encode(self, text: str, chat: bool = False, max_tokens: int | None = None,
+               add_bos: bool = True) -> list[int]:
+        """Token ids of `text`: the model's BOS if its tokenizer adds one by default (Gemma needs
+        it; SmolLM2 has none), then the text with no other special tokens; with `chat`, the
+        model's chat template instead.
 
         Checks the prompt before any forward pass: not empty, no control characters, at most
         `max_tokens` tokens (default 2048, `MOYU_MAX_TOKENS`)."""
@@ -118,7 +130,7 @@ class LoadedModel:
                 ids = ids["input_ids"]
             ids = list(ids)
         else:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = (self.bos_ids if add_bos else []) + self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise MoyuError("prompt is empty after tokenization")
         if len(ids) > limit:

@@ -44,8 +44,10 @@ def capture_run(lm: LoadedModel, store: Store, text: str, mode: str = "sequentia
         raise MoyuError(f"unknown input mode '{mode}'; choose {' or '.join(MODES)}")
     if dtype not in DTYPES:
         raise MoyuError(f"unknown dtype '{dtype}'; choose {', '.join(DTYPES)}")
-    ids = lm.encode(text, chat=chat, max_tokens=max_tokens)
-    prefix_ids = lm.encode(prefix, max_tokens=max_tokens) if prefix else []
+    # BOS (where the model has one) starts the prefix if there is one, else each parallel
+    # sequence, else the text itself
+    prefix_ids = lm.encode(prefix, max_tokens=max_tokens) if prefix else (lm.bos_ids if mode == "parallel" else [])
+    ids = lm.encode(text, chat=chat, max_tokens=max_tokens, add_bos=not prefix_ids)
     if len(prefix_ids) + (len(ids) if mode == "sequential" else 1) > (max_tokens or 10**9):
         raise MoyuError(f"prefix and prompt together exceed the limit of {max_tokens} tokens")
     run_id = run_id_for(lm, ids, mode, prefix_ids, dtype)
