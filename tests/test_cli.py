@@ -89,3 +89,12 @@ def test_database_held_by_another_process(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_file_with_one_bad_prompt_writes_nothing(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fine prompt\nanother fine one\nbad \x00 prompt\n")
+    db = tmp_path / "f.duckdb"
+    r = cli("capture", "--file", str(prompts), db=db)
+    assert r.returncode == 2 and "control character U+0000" in r.stderr
+    assert last_json(cli("runs", "--json", db=db).stdout)["count"] == 0
