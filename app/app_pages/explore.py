@@ -1,0 +1,173 @@
+"""Explore: capture a prompt, then look at one layer's token-by-neuron activations."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+import moyu_charts as charts
+import moyu_ui as ui
+from moyu_core import analysis, wordlists
+
+WINDOW_TOKENS = 48        # rows of the detailed heatmap
+OVERVIEW_ROWS, OVERVIEW_COLS = 192, 384
+
+
+def _fill(text: str) -> None:
+    st.session_state["prompt_text"] = text
+
+
+def _fill_random() -> None:
+    n, seed = int(st.session_state.get("rw_n", 30)), int(st.session_state.get("rw_seed", 0))
+    st.session_state["prompt_text"] = wordlists.random_word_list(n, seed)
+
+
+def capture_form() -> None:
+    st.session_state.setdefault("prompt_text", wordlists.EXAMPLE_PROMPTS["Sentence"])
+    st.caption("Examples")
+    cols = st.columns(len(wordlists.EXAMPLE_PROMPTS) + 1)
+    for col, (name, text) in zip(cols, wordlists.EXAMPLE_PROMPTS.items()):
+        col.button(name, on_click=_fill, args=(text,), width="stretch", key=f"ex_{name}")
+    cols[-1].button("Long (1024 tok.)", on_click=_fill, args=(wordlists.reference_text(4200),),
+                    width="stretch", key="ex_long",
+                    help="English reference prose from Python's pydoc_data, about 1000 tokens")
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        st.number_input("Words", 2, 500, 30, key="rw_n", width=120)
+        st.number_input("Seed", 0, 10**6, 0, key="rw_seed", width=120)
+        st.button("Random word list", on_click=_fill_random, icon=":material/shuffle:",
+                  help="The paper's Figure 2 control: a seeded list of unrelated words")
+    st.text_area("Prompt", key="prompt_text", height=110, max_chars=200_000)
+    c1, c2, c3, c4 = st.columns([2, 2, 3, 1.2], vertical_alignment="bottom")
+    models = ui.available_models()
+    name = c1.selectbox("Model", models, index=models.index("smollm2-135m") if "smollm2-135m" in models else 0)
+    mode = c2.radio("Input manner", ["sequential", "parallel"], horizontal=True,
+                    help="sequential: one sequence. parallel: each token alone after the prefix.")
+    prefix = c3.text_input("Prefix (optional)", help="Shared prefix; in parallel mode every token sees only it")
+    go = c4.button("Capture", type="primary", icon=":material/play_arrow:", width="stretch")
+    if go:
+        from moyu_core.runs import capture_run
+
+        lm = ui.model(name)
+        with st.status("Capturing…", expanded=True) as status:
+            bar = st.progress(0.0, text="forward pass with hooks")
+            res = capture_run(lm, ui.store(), st.session_state["prompt_text"], mode=mode, prefix=prefix,
+                              progress=lambda f: bar.progress(min(1.0, float(f)), text=f"{f:.0%} of tokens"))
+            bar.progress(1.0, text="stored")
+            status.update(label=(f"{'Cache hit' if res.cached else 'Captured'}: {res.tokens} tokens × "
+                                 f"{res.layers} layers × {res.neurons} neurons"),
+                          state="complete", expanded=False)
+        ui.set_run(res.run_id)
+
+
+def run_header(rec) -> None:
+    text = rec.text if len(rec.text) <= 240 else rec.text[:240] + "…"
+    st.markdown(f"**Run** `{rec.run_id}` · {rec.model} · {rec.mode} · {rec.n_tokens} tokens · "
+                f"{rec.n_layers} layers × {rec.d_ff} neurons · {rec.dtype}")
+    st.caption(text.replace("\n", " ⏎ "))
+
+
+def layer_view(rec) -> None:
+    L, T, D = rec.n_layers, rec.n_tokens, rec.d_ff
+    c1, c2, c3 = st.columns([3, 2, 2])
+    k_layer = ui.url_state("layer", min(L - 1, L // 2), int, lambda v: isinstance(v, int) and 0 <= v < L)
+    c1.slider("Layer", 0, L - 1, key=k_layer)
+    li = ui.sync_url("layer")
+    k_norm = ui.url_state("norm", "token", str, lambda v: v in analysis.NORMALISATIONS)
+    c2.radio("Values", analysis.NORMALISATIONS, key=k_norm, horizontal=True,
+             format_func={"raw": "raw z", "abs": "|z|", "token": "per-token normalised"}.get,
+             help="per-token normalised: |z| divided by the token's largest |z| (as in the paper)")
+    norm = ui.sync_url("norm")
+    k_order = ui.url_state("order", "frequency", str, lambda v: v in analysis.ORDERS)
+    c3.radio("Neuron order", analysis.ORDERS, key=k_order, horizontal=True,
+             format_func={"index": "index", "frequency": "by activation count"}.get,
+             help="by activation count: neurons in most tokens' top 10% first; inertia shows as bands")
+    order = ui.sync_url("order")
+
+    z = ui.layer(rec.run_id, li)  # (T, d_ff)
+    pieces = [p for _, p in ui.tokens(rec.run_id)]
+    perm = analysis.neuron_order(z, order)
+    vals = analysis.normalise(z, norm)[:, perm]  # (T, d_ff) in display order
+    signed = norm == "raw"
+
+    left, right = st.columns([4, 1])
+    with right:
+        inert = analysis.inertia(z)
+        st.markdown(f"**Inertia, layer {li}**")
+        st.metric("Adjacent top-10% overlap", f"{inert.adjacent_overlap:.1%}",
+                  delta=f"{inert.adjacent_overlap - inert.random_overlap:+.1%} vs random",
+                  help="mean share of token t's top-10% neurons that were in token t-1's top 10%; "
+                       "random sets would overlap by 10%")
+        st.metric("Overlap with history", f"{inert.history_overlap:.1%}",
+                  help="mean share of token t's top-10% neurons already active for some earlier token")
+        st.metric("All-pairs overlap", f"{inert.pairwise_overlap:.1%}")
+        st.metric("Neurons ever in a top 10%", f"{inert.union_share:.1%}",
+                  help="share of the layer's neurons in at least one token's top 10%")
+    with left:
+        if T > WINDOW_TOKENS or D > 512:
+            pooled, re, ce = analysis.pool2d(vals, OVERVIEW_ROWS, OVERVIEW_COLS)
+            st.plotly_chart(charts.image_overview(
+                pooled, re, ce, f"Layer {li}: all {T} tokens × {D} neurons (pooled, strongest value per block)",
+                signed, x_title=f"neuron ({order} order)"), width="stretch")
+        t0 = 0
+        if T > WINDOW_TOKENS:
+            t0 = st.slider("Token window start", 0, T - WINDOW_TOKENS, 0, step=1, key="tok_start")
+        width = st.select_slider("Neurons in the detailed view", [128, 256, 512, 768], value=256,
+                                 key="neuron_width")
+        width = min(width, D)
+        n0 = 0
+        if D > width:
+            n0 = st.slider("Neuron window start (display order)", 0, D - width, 0, step=16, key="neuron_start")
+        rows = slice(t0, min(T, t0 + WINDOW_TOKENS))
+        window = vals[rows, n0:n0 + width]
+        labels = ui.token_labels(pieces)[rows]
+        st.plotly_chart(charts.window_heatmap(
+            window, labels, perm[n0:n0 + width],
+            f"Layer {li}: tokens {rows.start}–{rows.stop - 1}, neurons {n0}–{n0 + width - 1} ({order} order)",
+            signed), width="stretch", key="detail")
+
+
+def all_layers(rec) -> None:
+    with st.expander("All layers", expanded=rec.n_tokens <= 256):
+        ov = ui.overview(rec.run_id, rec.n_layers)
+        freq = ov["frequency"]  # (L, d_ff)
+        ranked = -np.sort(-freq, axis=1)
+        pooled, re, ce = analysis.pool2d(ranked, freq.shape[0], 384)
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(charts.image_overview(
+            pooled, re, ce, "Share of tokens that activate each neuron (neurons ranked per layer)",
+            False, x_title="neuron rank", y_title="layer"), width="stretch")
+        rows = ov["inertia"]
+        x = np.arange(len(rows))
+        c2.plotly_chart(charts.lines(
+            {"adjacent overlap": np.array([r["adjacent_overlap"] for r in rows]),
+             "overlap with history": np.array([r["history_overlap"] for r in rows]),
+             "random sets": np.array([r["random_overlap"] for r in rows])},
+            x, "Inertia per layer (top-10% sets)", "layer", "overlap"), width="stretch")
+
+
+def share_box(rec) -> None:
+    keys = ("layer", "norm", "order")
+    params = {"run": rec.run_id, **{k: str(st.session_state[f"url_{k}"]) for k in keys}}
+    st.caption("Link to this view (same server)")
+    st.code(ui.share_link(params, "explore"), language=None)
+
+
+def main() -> None:
+    st.title("Explore")
+    rid = ui.current_run()
+    with st.expander("New capture", expanded=not rid):
+        capture_form()
+    rid = st.session_state.get("run_id")
+    if not rid:
+        st.info("Type a prompt and press **Capture**: every token's MLP activations (the input of "
+                "`down_proj`) are stored for every layer.", icon=":material/info:")
+        return
+    rec = ui.run_record(rid)
+    if rec is None:
+        return
+    run_header(rec)
+    layer_view(rec)
+    all_layers(rec)
+    share_box(rec)
+
+
+ui.guard(main)

@@ -1,0 +1,5 @@
+"""runs (being written)."""
+import streamlit as st
+
+st.title("runs")
+st.info("Coming soon.")

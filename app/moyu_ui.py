@@ -1,0 +1,233 @@
+"""What every page shares: the store, the model (loaded once per process), cached reads of a run,
+URL-backed widget state, and a guard that turns every exception into a friendly message.
+
+Per-user state lives in `st.session_state` only; the process-wide caches below hold nothing but
+content-addressed data (a run id names its activations forever), so two sessions never mix.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from moyu_core.errors import MoyuError  # noqa: E402
+
+log = logging.getLogger("moyu.app")
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+def _is_control_flow(e: BaseException) -> bool:
+    # st.rerun / st.stop / st.switch_page raise these; they must pass through
+    from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
+
+    return isinstance(e, ScriptControlException)
+
+
+def guard(body: Callable[[], None]) -> None:
+    """Run a page body; MoyuError becomes its one-line message, anything else a generic one (the
+    traceback goes to the server log, never to the browser)."""
+    try:
+        body()
+    except MoyuError as e:
+        st.error(str(e), icon=":material/error:")
+    except Exception as e:  # noqa: BLE001
+        if _is_control_flow(e):
+            raise
+        log.exception("page failed")
+        st.error(f"Something went wrong ({type(e).__name__}). The details are in the server log; "
+                 "try again or pick another run.", icon=":material/error:")
+
+
+# ---- store and model --------------------------------------------------------------------------------
+
+def db_path() -> str:
+    from moyu_core.store import DEFAULT_DB
+
+    return os.environ.get("MOYU_DB") or str(DEFAULT_DB)
+
+
+def store():
+    from moyu_core.store import Store
+
+    return _store(db_path())
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str):
+    from moyu_core.store import Store
+
+    return Store(path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _model(name: str):
+    from moyu_core import models
+
+    models.set_threads()
+    return models.load(name)
+
+
+def model(name: str):
+    """The loaded model (once per process), with a status box the first time."""
+    from moyu_core import models
+
+    if name in getattr(models, "_LOADED", {}):
+        return _model(name)
+    with st.status(f"Loading {name} (once per server process)…", expanded=False) as s:
+        lm = _model(name)
+        s.update(label=f"Loaded {name} in {lm.load_seconds:.1f} s", state="complete")
+    return lm
+
+
+def available_models() -> list[str]:
+    from moyu_core import models
+
+    return models.available_models()
+
+
+# ---- cached reads of a run (content-addressed, so safe to share between sessions) ------------------
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _layer(path: str, run_id: str, layer: int):
+    z = _store(path).activations(run_id, layer)
+    z.setflags(write=False)
+    return z  # (T, d_ff)
+
+
+def layer(run_id: str, layer_index: int):
+    return _layer(db_path(), run_id, int(layer_index))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _token_stats(path: str, run_id: str):
+    return _store(path).token_stats(run_id)
+
+
+def token_stats(run_id: str):
+    """(attn_received (L, H, T), resid_norm (L, T))."""
+    return _token_stats(db_path(), run_id)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _tokens(path: str, run_id: str):
+    return _store(path).tokens(run_id)
+
+
+def tokens(run_id: str) -> list[tuple[int, str]]:
+    return _tokens(db_path(), run_id)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _overview(path: str, run_id: str, n_layers: int):
+    from moyu_core import analysis
+
+    return analysis.layer_overview(lambda i: _layer(path, run_id, i), n_layers)
+
+
+def overview(run_id: str, n_layers: int) -> dict:
+    return _overview(db_path(), run_id, n_layers)
+
+
+def run_record(run_id: str):
+    """The run's record, or None (with a friendly message) when it is not in this database."""
+    s = store()
+    if not s.has_run(run_id):
+        st.warning(f"Run `{run_id}` is not in this server's database ({Path(db_path()).name}). "
+                   "Capture it on the Explore page, or import it on the Runs page.")
+        return None
+    return s.run(run_id)
+
+
+def token_labels(pieces: list[str]) -> list[str]:
+    """Unique, readable axis labels: '12 ▸ cat' (position first, so repeated words stay apart)."""
+    out = []
+    for i, p in enumerate(pieces):
+        shown = p.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "·") or "∅"
+        out.append(f"{i} ▸ {shown[:14]}")
+    return out
+
+
+# ---- URL-backed state -------------------------------------------------------------------------------
+
+def current_run() -> str | None:
+    """The run this session looks at: `?run=` wins (a shared link), then the session's last."""
+    rid = st.query_params.get("run")
+    if rid:
+        st.session_state["run_id"] = rid
+    else:
+        rid = st.session_state.get("run_id")
+        if rid:
+            st.query_params["run"] = rid
+    return rid
+
+
+def set_run(run_id: str) -> None:
+    st.session_state["run_id"] = run_id
+    st.query_params["run"] = run_id
+
+
+def url_state(name: str, default: Any, cast: Callable[[str], Any] = str,
+              valid: Callable[[Any], bool] | None = None) -> str:
+    """Session key for a widget whose value is mirrored in `?name=`: initialised from the URL,
+    then the session's last value, then `default`. Call `sync_url(name)` after the widget."""
+    key = f"url_{name}"
+    if key not in st.session_state:
+        prefs = st.session_state.setdefault("prefs", {})
+        value = prefs.get(name, default)
+        raw = st.query_params.get(name)
+        if raw is not None:
+            try:
+                value = cast(raw)
+            except (TypeError, ValueError):
+                value = prefs.get(name, default)
+        if valid is not None and not valid(value):
+            value = default
+        st.session_state[key] = value
+    elif valid is not None and not valid(st.session_state[key]):
+        st.session_state[key] = default
+    return key
+
+
+def sync_url(name: str, to_str: Callable[[Any], str] = str) -> Any:
+    value = st.session_state[f"url_{name}"]
+    st.session_state.setdefault("prefs", {})[name] = value
+    st.query_params[name] = to_str(value)
+    return value
+
+
+def share_link(params: dict[str, str], page: str = "explore") -> str:
+    """Absolute link to a view, for a teammate on the same server."""
+    from urllib.parse import urlencode
+
+    base = (st.context.url or "").rstrip("/")
+    if base:
+        base = base.rsplit("/", 1)[0] if base.split("/")[-1] in PAGE_PATHS else base
+    return f"{base}/{page}?{urlencode(params)}"
+
+
+PAGE_PATHS = ("explore", "heavy_hitters", "methods", "compare", "runs", "experiments")
+
+
+def methods_registry() -> dict[str, type]:
+    """The DA methods available now (the methods package may be partial or absent)."""
+    try:
+        from moyu_core.methods import REGISTRY
+    except Exception:  # noqa: BLE001 - not written yet, or broken mid-edit
+        log.exception("methods registry unavailable")
+        return {}
+    return dict(REGISTRY)
+
+
+def run_picker_hint() -> None:
+    st.info("No run selected. Capture a prompt on **Explore**, or open one from **Runs**.",
+            icon=":material/info:")
+    st.page_link("app_pages/explore.py", label="Go to Explore", icon=":material/travel_explore:")

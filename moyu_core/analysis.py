@@ -1,0 +1,206 @@
+"""Numbers the explorer draws: heatmap normalisation and pooling, neuron order, inertia figures,
+heavy-hitter ranking, mask agreement against the oracle, the speed-up ceiling.
+
+Pure numpy on arrays read from the store; no Streamlit, no SQL, no torch import.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+NORMALISATIONS = ("raw", "abs", "token")  # raw z, |z|, |z| / max_j |z_tj| per token (paper Fig. 2)
+ORDERS = ("index", "frequency")           # neuron order: by index, or by how many tokens fire them
+TOP_FRACTION = 0.1                        # "activated" = in the token's top 10% of |z|
+
+
+def normalise(z: np.ndarray, how: str) -> np.ndarray:
+    """z (T, d_ff) -> same shape: raw z, |z|, or |z| divided by each token's max |z|."""
+    if how == "raw":
+        return z
+    a = np.abs(z)
+    if how == "abs":
+        return a
+    if how == "token":
+        m = a.max(axis=1, keepdims=True)
+        return a / np.where(m > 0, m, 1.0)
+    raise ValueError(f"unknown normalisation '{how}'; choose {', '.join(NORMALISATIONS)}")
+
+
+def top_k_count(d_ff: int, fraction: float) -> int:
+    return max(1, min(d_ff, int(math.ceil(fraction * d_ff))))
+
+
+def top_mask(z: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
+    """bool (T, d_ff): each token's top `fraction` of neurons by |z| (the oracle at keep=fraction)."""
+    T, D = z.shape
+    k = top_k_count(D, fraction)
+    idx = np.argpartition(-np.abs(z), k - 1, axis=1)[:, :k]  # (T, k)
+    mask = np.zeros((T, D), bool)
+    np.put_along_axis(mask, idx, True, axis=1)
+    return mask
+
+
+def activation_frequency(z: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
+    """(d_ff,): share of tokens in whose top `fraction` each neuron is."""
+    return top_mask(z, fraction).mean(axis=0)
+
+
+def neuron_order(z: np.ndarray, order: str, fraction: float = TOP_FRACTION) -> np.ndarray:
+    """(d_ff,) permutation of neuron indices: by index, or most often activated first (ties by
+    mean |z|), which turns activation inertia into vertical bands on the left of the heatmap."""
+    D = z.shape[1]
+    if order == "index":
+        return np.arange(D)
+    if order == "frequency":
+        freq = activation_frequency(z, fraction)
+        return np.lexsort((-np.abs(z).mean(axis=0), -freq))
+    raise ValueError(f"unknown neuron order '{order}'; choose {', '.join(ORDERS)}")
+
+
+def _edges(n: int, bins: int) -> np.ndarray:
+    bins = max(1, min(n, bins))
+    return np.linspace(0, n, bins + 1).round().astype(int)
+
+
+def pool2d(a: np.ndarray, max_rows: int, max_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pool a (R, C) matrix into at most (max_rows, max_cols) blocks; each block shows its value of
+    largest magnitude (sign kept), so a single strong neuron is never averaged away.
+    Returns (pooled, row_edges, col_edges); block i covers rows row_edges[i]:row_edges[i+1]."""
+    re, ce = _edges(a.shape[0], max_rows), _edges(a.shape[1], max_cols)
+    hi = np.maximum.reduceat(np.maximum.reduceat(a, re[:-1], axis=0), ce[:-1], axis=1)
+    lo = np.minimum.reduceat(np.minimum.reduceat(a, re[:-1], axis=0), ce[:-1], axis=1)
+    return np.where(np.abs(lo) > np.abs(hi), lo, hi), re, ce
+
+
+@dataclass(frozen=True)
+class Inertia:
+    """How much the activated set (top `fraction` of |z|) of a token repeats earlier tokens'."""
+
+    fraction: float
+    adjacent_overlap: float   # mean |S_t ∩ S_{t-1}| / k over t >= 1
+    history_overlap: float    # mean |S_t ∩ (S_0 ∪ ... ∪ S_{t-1})| / k over t >= 1
+    pairwise_overlap: float   # mean |S_s ∩ S_t| / k over all pairs s < t
+    union_share: float        # |S_0 ∪ ... ∪ S_{T-1}| / d_ff
+    random_overlap: float     # what adjacent_overlap would be for random sets (= fraction)
+    n_tokens: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def inertia(z: np.ndarray, fraction: float = TOP_FRACTION, skip_first: bool = False) -> Inertia:
+    """Inertia figures of one layer's z (T, d_ff). `skip_first` leaves out token 0 (the attention
+    sink, whose activations are often massive and unlike any other token's)."""
+    z = z[1:] if skip_first and len(z) > 1 else z
+    mask = top_mask(z, fraction)  # (T, d_ff)
+    T, D = mask.shape
+    k = top_k_count(D, fraction)
+    if T < 2:
+        return Inertia(fraction, math.nan, math.nan, math.nan, float(mask.any(0).mean()), k / D, T)
+    m = mask.astype(np.float32)
+    adjacent = (m[1:] * m[:-1]).sum(axis=1) / k
+    seen = np.logical_or.accumulate(mask, axis=0)[:-1]  # (T-1, d_ff): union of earlier sets
+    history = (mask[1:] & seen).sum(axis=1) / k
+    gram = m @ m.T  # (T, T) intersection sizes
+    pairs = gram[np.triu_indices(T, 1)] / k
+    return Inertia(fraction, float(adjacent.mean()), float(history.mean()), float(pairs.mean()),
+                   float(mask.any(axis=0).mean()), k / D, T)
+
+
+def layer_overview(get_layer: Callable[[int], np.ndarray], n_layers: int,
+                   fraction: float = TOP_FRACTION) -> dict:
+    """All layers at a glance: activation frequency (L, d_ff) and per-layer inertia figures.
+    `get_layer(i)` returns that layer's z (T, d_ff)."""
+    freq, rows = [], []
+    for i in range(n_layers):
+        z = get_layer(i)
+        freq.append(activation_frequency(z, fraction))
+        rows.append(inertia(z, fraction).as_dict())
+    return {"frequency": np.stack(freq), "inertia": rows}  # frequency (L, d_ff)
+
+
+# ---- heavy hitters -----------------------------------------------------------------------------
+
+def accumulated_attention(attn_received: np.ndarray, layers=None, heads=None,
+                          per_query: bool = False) -> np.ndarray:
+    """H2O accumulated score (T,): attention each token receives, summed over the chosen layers
+    and heads (all when None). `per_query` divides by how many queries can see the token (T - t
+    under causal attention), so late tokens are not penalised for having fewer readers."""
+    a = attn_received  # (L, H, T)
+    if layers is not None:
+        a = a[list(layers)]
+    if heads is not None:
+        a = a[:, list(heads)]
+    score = a.sum(axis=(0, 1)).astype(np.float64)
+    if per_query:
+        T = score.shape[0]
+        score = score / np.arange(T, 0, -1)
+    return score
+
+
+def heavy_hitters(score: np.ndarray, k: int, skip_first: bool = False) -> list[int]:
+    """Positions of the k highest scores, best first (ties: earlier first)."""
+    order = np.lexsort((np.arange(len(score)), -score))
+    if skip_first:
+        order = order[order != 0]
+    return [int(i) for i in order[:k]]
+
+
+def sink_share(attn_received: np.ndarray) -> np.ndarray:
+    """(L,): share of each layer's attention (all heads) that goes to token 0."""
+    total = attn_received.sum(axis=(1, 2))
+    return attn_received[:, :, 0].sum(axis=1) / np.where(total > 0, total, 1.0)
+
+
+def massive_activations(resid_norm: np.ndarray, factor: float = 5.0) -> list[int]:
+    """Tokens whose residual-stream norm (L, T), at its largest over layers, is more than `factor`
+    times the median token's: the paper's massive activations."""
+    peak = resid_norm.max(axis=0)  # (T,)
+    med = float(np.median(peak))
+    return [int(i) for i in np.flatnonzero(peak > factor * med)] if med > 0 else []
+
+
+# ---- methods against the oracle -----------------------------------------------------------------
+
+MASK_LABELS = ("dropped by both", "kept by both", "kept, oracle drops", "dropped, oracle keeps")
+
+
+def mask_categories(keep: np.ndarray, oracle: np.ndarray) -> np.ndarray:
+    """int8 (T, d_ff): 0 dropped by both, 1 kept by both, 2 kept only by the method, 3 missed."""
+    out = np.zeros(keep.shape, np.int8)
+    out[keep & oracle] = 1
+    out[keep & ~oracle] = 2
+    out[~keep & oracle] = 3
+    return out
+
+
+def mask_agreement(keep: np.ndarray, oracle: np.ndarray) -> dict:
+    """Recall (share of the oracle's neurons the method keeps), precision, and kept share."""
+    both = float((keep & oracle).sum())
+    return {"recall": both / max(1.0, float(oracle.sum())), "precision": both / max(1.0, float(keep.sum())),
+            "kept": float(keep.mean())}
+
+
+def mlp_weight_share(model) -> float:
+    """Share of the weight bytes a decode step reads that belong to MLPs (gate, up, down).
+    The input embedding is a lookup (one row); a tied output head reads the whole matrix once."""
+    mlp = other = 0
+    seen = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if "embed_tokens" in name or id(p) in seen:  # a lookup; counted via lm_head when tied
+            continue
+        seen.add(id(p))
+        n = p.numel() * p.element_size()
+        if ".mlp." in name:
+            mlp += n
+        else:
+            other += n
+    return mlp / max(1, mlp + other)
+
+
+def speedup_ceiling(mlp_share: float, keep: float) -> float:
+    """Best possible decode speed-up when only `keep` of the MLP weights are read: 1/(1-m(1-k))."""
+    return 1.0 / (1.0 - mlp_share * (1.0 - keep))
