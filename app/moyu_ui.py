@@ -137,6 +137,12 @@ def overview(run_id: str, n_layers: int) -> dict:
     return _overview(db_path(), run_id, n_layers)
 
 
+def clear_run_caches() -> None:
+    """Forget cached reads (after a delete or an import); the store is the truth."""
+    for f in (_layer, _token_stats, _tokens, _overview):
+        f.clear()
+
+
 def run_record(run_id: str):
     """The run's record, or None (with a friendly message) when it is not in this database."""
     s = store()
@@ -145,6 +151,13 @@ def run_record(run_id: str):
                    "Capture it on the Explore page, or import it on the Runs page.")
         return None
     return s.run(run_id)
+
+
+def run_header(rec) -> None:
+    text = rec.text if len(rec.text) <= 240 else rec.text[:240] + "…"
+    st.markdown(f"**Run** `{rec.run_id}` · {rec.model} · {rec.mode} · {rec.n_tokens} tokens · "
+                f"{rec.n_layers} layers × {rec.d_ff} neurons · {rec.dtype}")
+    st.caption(text.replace("\n", " ⏎ "))
 
 
 def token_labels(pieces: list[str]) -> list[str]:

@@ -58,13 +58,6 @@ def capture_form() -> None:
         ui.set_run(res.run_id)
 
 
-def run_header(rec) -> None:
-    text = rec.text if len(rec.text) <= 240 else rec.text[:240] + "…"
-    st.markdown(f"**Run** `{rec.run_id}` · {rec.model} · {rec.mode} · {rec.n_tokens} tokens · "
-                f"{rec.n_layers} layers × {rec.d_ff} neurons · {rec.dtype}")
-    st.caption(text.replace("\n", " ⏎ "))
-
-
 def layer_view(rec) -> None:
     L, T, D = rec.n_layers, rec.n_tokens, rec.d_ff
     c1, c2, c3 = st.columns([3, 2, 2])
@@ -164,7 +157,7 @@ def main() -> None:
     rec = ui.run_record(rid)
     if rec is None:
         return
-    run_header(rec)
+    ui.run_header(rec)
     layer_view(rec)
     all_layers(rec)
     share_box(rec)

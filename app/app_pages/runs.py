@@ -1,5 +1,75 @@
-"""runs (being written)."""
+"""Runs: the cached runs of this server's database; filter, open, delete, share."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
-st.title("runs")
-st.info("Coming soon.")
+import moyu_ui as ui
+
+SHARE_UI = Path(__file__).resolve().parent.parent / "share_ui.py"
+
+
+def _label(r: dict) -> str:
+    text = " ".join(r["text"].split())
+    return f"{r['run_id'][:10]} · {r['n_tokens']} tok · {r['mode']} · {text[:60]}"
+
+
+def main() -> None:
+    st.title("Runs")
+    store = ui.store()
+    st.caption(f"Database: `{ui.db_path()}`")
+    everything = store.list_runs(limit=5000)
+    c1, c2, c3 = st.columns([1.2, 1.2, 3])
+    models = ["all"] + sorted({r["model"] for r in everything})
+    methods = ["all"] + sorted({r["method"] for r in everything})
+    model = c1.selectbox("Model", models)
+    method = c2.selectbox("Method", methods)
+    text = c3.text_input("Text contains", placeholder="filter by a word of the prompt")
+    runs = store.list_runs(model=None if model == "all" else model, method=None if method == "all" else method,
+                           text=text or None, limit=1000)
+    if not runs:
+        st.info("No runs match. Capture one on **Explore**." if not everything else "No runs match the filter.",
+                icon=":material/info:")
+    else:
+        df = pd.DataFrame(runs)[["run_id", "created_at", "model", "mode", "method", "n_tokens", "dtype", "text"]]
+        df["text"] = df["text"].map(lambda t: " ".join(t.split())[:120])
+        st.dataframe(df, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(df)),
+                     column_config={"n_tokens": st.column_config.NumberColumn("tokens"),
+                                    "created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")})
+
+    by_id = {r["run_id"]: r for r in runs}
+    current = st.session_state.get("run_id")
+    selected = st.multiselect("Selected runs", list(by_id), format_func=lambda i: _label(by_id[i]),
+                              default=[current] if current in by_id else [], key="runs_selected")
+    if selected:
+        b1, b2, _ = st.columns([1, 1, 3])
+        if b1.button("Open in Explore", type="primary", icon=":material/open_in_new:"):
+            ui.set_run(selected[0])
+            st.switch_page("app_pages/explore.py", query_params={"run": selected[0]})
+        confirm = b2.checkbox(f"Confirm delete of {len(selected)} run(s)", key="runs_confirm")
+        if b2.button("Delete", icon=":material/delete:", disabled=not confirm):
+            for rid in selected:
+                store.delete_run(rid)
+                if st.session_state.get("run_id") == rid:
+                    st.session_state.pop("run_id", None)
+            ui.clear_run_caches()
+            st.session_state.pop("runs_selected", None)
+            st.toast(f"Deleted {len(selected)} run(s)")
+            st.rerun()
+        st.markdown("**Share link** (a teammate on this server sees the same run)")
+        for rid in selected:
+            st.code(ui.share_link({"run": rid}, "explore"), language=None)
+
+    if SHARE_UI.exists():
+        st.divider()
+        spec = importlib.util.find_spec("share_ui")
+        if spec is not None:
+            import share_ui
+
+            share_ui.render_share(store, selected)
+
+
+ui.guard(main)
