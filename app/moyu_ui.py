@@ -235,7 +235,7 @@ def methods_registry() -> dict[str, type]:
     try:
         from moyu_core.methods import REGISTRY
     except Exception:  # noqa: BLE001 - not written yet, or broken mid-edit
-        log.exception("methods registry unavailable")
+        log.warning("methods registry unavailable", exc_info=True)
         return {}
     return dict(REGISTRY)
 

@@ -204,3 +204,52 @@ def mlp_weight_share(model) -> float:
 def speedup_ceiling(mlp_share: float, keep: float) -> float:
     """Best possible decode speed-up when only `keep` of the MLP weights are read: 1/(1-m(1-k))."""
     return 1.0 / (1.0 - mlp_share * (1.0 - keep))
+
+
+# ---- stored metrics for the comparison chart ----------------------------------------------------
+
+SPEED_KINDS = ("speed", "decode_speed", "pareto", "decode")
+_SPEED_KEYS = ("speedup", "median_ratio", "ratio", "speed_up")
+
+
+def _keep_of(params: dict, result: dict):
+    for src in (params, params.get("params") if isinstance(params.get("params"), dict) else {},
+                result.get("params") if isinstance(result.get("params"), dict) else {}, result):
+        if isinstance(src, dict) and isinstance(src.get("keep"), (int, float)):
+            return float(src["keep"])
+    return None
+
+
+def metrics_table(results: list[dict], mlp_share: float | None = None) -> list[dict]:
+    """One row per (method, keep) from stored results (`Store.results()` dicts): quality from kind
+    "eval", measured speed-up (with its executed/simulated label) from the speed kinds, newest
+    first wins. `mlp_share` adds the speed-up ceiling at each keep."""
+    rows: dict[tuple, dict] = {}
+
+    def row(method, keep):
+        return rows.setdefault((method, keep), {
+            "method": method, "keep": keep, "ppl_ratio": None, "kl": None, "top1_agree": None,
+            "sparsity": None, "windows": None, "speedup": None, "timing": None, "ceiling": None})
+
+    for r in results:  # oldest first: later results overwrite
+        res, params = r.get("result") or {}, r.get("params") or {}
+        method = res.get("method") or r.get("method") or params.get("method")
+        if not method:
+            continue
+        keep = _keep_of(params, res)
+        if r.get("kind") == "eval":
+            out = row(method, keep)
+            for k in ("ppl_ratio", "kl", "top1_agree", "sparsity", "windows"):
+                if res.get(k) is not None:
+                    out[k] = res[k]
+        elif r.get("kind") in SPEED_KINDS:
+            got = next((res[k] for k in _SPEED_KEYS if isinstance(res.get(k), (int, float))), None)
+            if got is not None:
+                out = row(method, keep)
+                out["speedup"] = float(got)
+                out["timing"] = res.get("label") or res.get("timing") or "unlabelled"
+    table = sorted(rows.values(), key=lambda d: (d["method"], -1 if d["keep"] is None else d["keep"]))
+    if mlp_share is not None:
+        for d in table:
+            d["ceiling"] = None if d["keep"] is None else speedup_ceiling(mlp_share, d["keep"])
+    return table

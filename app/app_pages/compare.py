@@ -1,5 +1,54 @@
-"""compare (being written)."""
+"""Compare: quality against speed-up across methods and keep levels, from stored metrics."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
-st.title("compare")
-st.info("Coming soon.")
+import moyu_ui as ui
+from moyu_core import analysis
+
+QUALITY = {"ppl_ratio": "perplexity ratio (lower is better)", "kl": "KL(dense‖method)",
+           "top1_agree": "top-1 agreement with dense"}
+
+
+def main() -> None:
+    st.title("Compare")
+    store = ui.store()
+    models = sorted({r["model"] for r in store.results() if r.get("model")}) or ["smollm2-135m"]
+    c1, c2, c3 = st.columns([2, 2, 2])
+    model = c1.selectbox("Model", models)
+    mlp_share = (analysis.mlp_weight_share(ui.model(model).model)
+                 if model in ui.available_models() else None)  # for the ceiling at each keep
+    df = pd.DataFrame(analysis.metrics_table(store.results(model=model), mlp_share))
+    if df.empty:
+        st.info("No stored metrics yet. Evaluate a method on the **Methods** page, or run "
+                "`python -m moyu_core eval --method NAME --keep F` and `benchmarks/pareto.py`; their "
+                "results land in this database.", icon=":material/info:")
+        return
+    k_q = ui.url_state("quality", "ppl_ratio", str, lambda v: v in QUALITY)
+    c2.selectbox("Quality", list(QUALITY), key=k_q, format_func=QUALITY.get)
+    quality = ui.sync_url("quality")
+    has_speed = df["speedup"].notna().any()
+    x = "speedup" if has_speed else "keep"
+    c3.caption("x axis: measured decode speed-up" + ("" if has_speed else " — none stored yet, so keep is shown"))
+
+    plot = df.dropna(subset=[quality, x])
+    fig = px.line(plot.sort_values(x), x=x, y=quality, color="method", markers=True,
+                  symbol="timing" if has_speed else None,
+                  hover_data=["keep", "ppl_ratio", "kl", "top1_agree", "sparsity", "windows"],
+                  labels={"speedup": "decode speed-up over dense (×)", "keep": "keep (fraction of neurons)",
+                          quality: QUALITY[quality]})
+    if has_speed and df["ceiling"].notna().any():
+        ceil = df.dropna(subset=["ceiling"]).sort_values("ceiling")
+        fig.add_scatter(x=ceil["ceiling"], y=[plot[quality].min()] * len(ceil), mode="markers",
+                        marker=dict(symbol="line-ns-open", size=14, color="grey"), name="ceiling at keep")
+    fig.update_layout(height=460, margin=dict(l=10, r=10, t=30, b=10))
+    st.plotly_chart(fig, width="stretch")
+    st.dataframe(df, hide_index=True, width="stretch")
+    st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"moyu-compare-{model}.csv",
+                       mime="text/csv", icon=":material/download:")
+    st.caption("Speed-ups are labelled executed (skipped weights not read) or simulated (masking only).")
+
+
+ui.guard(main)
