@@ -1,0 +1,200 @@
+"""Every page of the app through Streamlit's AppTest, on the real default model."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from moyu_core import wordlists
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app" / "streamlit_app.py")
+sys.path.insert(0, str(ROOT / "app"))
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+
+@pytest.fixture(scope="module")
+def app_db(tmp_path_factory, lm):
+    """A database with one captured run, used as the app's MOYU_DB for this module."""
+    from moyu_core.runs import capture_run
+    from moyu_core.store import Store
+
+    path = tmp_path_factory.mktemp("app") / "app.duckdb"
+    store = Store(path)
+    run = capture_run(lm, store, "The cat sat on the mat because the mat was warm.")
+    old = os.environ.get("MOYU_DB")
+    os.environ["MOYU_DB"] = str(path)
+    yield store, run.run_id
+    store.close()
+    if old is None:
+        os.environ.pop("MOYU_DB", None)
+    else:
+        os.environ["MOYU_DB"] = old
+
+
+def open_app(page: str | None = None, **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.run()
+    if page:
+        at.switch_page(f"app_pages/{page}.py").run()
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception element reached the page (a traceback would)."""
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def test_explore_capture_shows_heatmap_inertia_and_url(app_db):
+    at = open_app()
+    assert_clean(at)
+    at.text_area(key="prompt_text").set_value("Red blue seven apple river stone.")
+    next(b for b in at.button if b.label == "Capture").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    rid = at.query_params["run"]
+    assert rid and app_db[0].has_run(rid)
+    heat = [s for s in chart_specs(at) if s["data"][0]["type"] == "heatmap"]
+    assert heat and "neuron" in heat[0]["data"][0]["hovertemplate"]
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Adjacent top-10% overlap"].endswith("%")
+    before = labels["Adjacent top-10% overlap"]
+    at.slider(key="url_layer").set_value(2).run()
+    assert at.query_params["layer"] == "2"
+    assert {m.label: m.value for m in at.metric}["Adjacent top-10% overlap"] != before
+
+
+def test_explore_view_restores_from_url(app_db):
+    _, rid = app_db
+    at = open_app(run=rid, layer=4, norm="abs", order="index")
+    assert_clean(at)
+    assert at.slider(key="url_layer").value == 4
+    assert at.radio(key="url_norm").value == "abs"
+    assert at.radio(key="url_order").value == "index"
+    assert any(rid in c.value for c in at.code)  # the share link carries the view
+    share = next(c.value for c in at.code if rid in c.value)
+    assert "layer=4" in share and "norm=abs" in share
+
+
+def test_bad_url_and_bad_prompt_get_friendly_messages(app_db):
+    at = open_app(run="nosuchrun", layer="banana")
+    assert_clean(at)
+    assert any("not in this server's database" in w.value for w in at.warning)
+    at.text_area(key="prompt_text").set_value("bad \x07 bell")
+    next(b for b in at.button if b.label == "Capture").click().run()
+    assert_clean(at)
+    assert any("control character" in e.value for e in at.error)
+
+
+def test_random_word_list_button_fills_a_seeded_prompt(app_db):
+    at = open_app()
+    at.number_input(key="rw_n").set_value(12)
+    at.number_input(key="rw_seed").set_value(5)
+    next(b for b in at.button if b.label == "Random word list").click().run()
+    assert at.text_area(key="prompt_text").value == wordlists.random_word_list(12, 5)
+
+
+def test_long_prompt_heatmap_messages_stay_small(app_db, lm):
+    from moyu_core.runs import capture_run
+
+    store, _ = app_db
+    text = wordlists.reference_text(6000)
+    ids = lm.encode(text)[:1024]
+    run = capture_run(lm, store, lm.tokenizer.decode(ids))
+    assert run.tokens >= 1000
+    at = open_app(run=run.run_id)
+    assert_clean(at)
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert len(specs) >= 2  # pooled overview + detailed window
+    assert max(len(s) for s in specs) < 1_000_000
+    image = json.loads(specs[0])["data"][0]
+    assert image["type"] == "image" and image["source"].startswith("data:image/png")
+
+
+def test_heavy_hitters_page(app_db):
+    _, rid = app_db
+    at = open_app("heavy_hitters", run=rid)
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Top heavy hitter"].startswith("#")
+    assert any("<sup" in m.value and "#1" in m.value for m in at.markdown)
+    at.number_input(key="url_k").set_value(3).run()
+    assert at.query_params["k"] == "3"
+    assert sum(m.value.count("<sup") for m in at.markdown) == 3
+
+
+def test_runs_page_lists_opens_and_deletes(app_db, lm):
+    from moyu_core.runs import capture_run
+
+    store, rid = app_db
+    extra = capture_run(lm, store, "A run to delete.").run_id
+    at = open_app("runs")
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert {rid, extra} <= set(table["run_id"])
+    at.text_input[0].set_value("delete").run()
+    assert list(at.dataframe[0].value["run_id"]) == [extra]
+    at.multiselect(key="runs_selected").set_value([extra]).run()
+    assert any(f"run={extra}" in c.value for c in at.code)
+    at.checkbox(key="runs_confirm").check().run()
+    next(b for b in at.button if b.label == "Delete").click().run()
+    assert_clean(at)
+    assert not store.has_run(extra) and store.has_run(rid)
+
+
+def test_two_sessions_do_not_see_each_others_run(app_db, lm):
+    from moyu_core.runs import capture_run
+
+    store, rid = app_db
+    other = capture_run(lm, store, "Another user's prompt about oceans.").run_id
+    a, b = open_app(run=rid), open_app(run=other)
+    a.slider(key="url_layer").set_value(1).run()
+    b.run()
+    assert a.query_params["run"] == rid and b.query_params["run"] == other
+    header = (lambda at: next(m.value for m in at.markdown if m.value.startswith("**Run**")))
+    assert rid in header(a) and other in header(b) and other not in header(a)
+    assert b.slider(key="url_layer").value == 15 and b.query_params["layer"] == "15"
+
+
+def test_compare_page_charts_stored_metrics(app_db):
+    store, _ = app_db
+    for keep, ratio in ((0.5, 1.2), (0.25, 1.6)):
+        store.put_result("eval", {"method": "griffin", "keep": keep},
+                         {"method": "griffin", "params": {"keep": keep}, "ppl": 10 * ratio, "dense_ppl": 10.0,
+                          "ppl_ratio": ratio, "kl": 0.1, "top1_agree": 0.8, "sparsity": 1 - keep},
+                         model="smollm2-135m", method="griffin")
+    at = open_app("compare")
+    assert_clean(at)
+    df = at.dataframe[0].value
+    assert sorted(df["keep"]) == [0.25, 0.5] and set(df["method"]) == {"griffin"}
+    assert df["ceiling"].iloc[0] == pytest.approx(1 / (1 - 0.59 * 0.75), abs=0.02)
+    assert chart_specs(at)
+
+
+def test_methods_page(app_db):
+    _, rid = app_db
+    at = open_app("methods", run=rid)
+    assert_clean(at)
+    try:
+        from moyu_core.methods import REGISTRY
+    except ImportError:
+        assert any("No DA methods" in w.value for w in at.warning)
+        return
+    names = [n for n in REGISTRY if n not in ("dense", "oracle")]
+    assert at.multiselect(key="url_method").options
+    at.multiselect(key="url_method").set_value(names[:1]).run()
+    at.slider(key="url_keep").set_value(0.25).run()
+    assert_clean(at)
+    assert at.query_params["keep"] == "0.25" and at.query_params["method"] == names[0]
+    recall = [m for m in at.metric if m.label == "Recall of the oracle"]
+    assert recall or at.warning or at.error
