@@ -18,22 +18,18 @@ def colorscale(signed: bool) -> str:
 
 
 def image_overview(pooled: np.ndarray, row_edges: np.ndarray, col_edges: np.ndarray, title: str,
-                   signed: bool, x_title: str = "neuron", y_title: str = "token") -> go.Figure:
-    """A pooled matrix as one PNG (px.imshow binary_string): the whole picture in a few kB."""
-    import plotly.express as px
-
+                   signed: bool, x_title: str = "neuron", y_title: str = "token", height: int = 340) -> go.Figure:
+    """A pooled matrix (at most MAX_CELLS blocks) as a heatmap whose axes are in original units:
+    block (i, j) sits at (col_edges[j], row_edges[i]) and shows its strongest value."""
+    assert pooled.size <= MAX_CELLS, "pool before drawing an overview"
     vmax = float(np.abs(pooled).max()) or 1.0
-    zmin, zmax = (-vmax, vmax) if signed else (0.0, vmax)
-    fig = px.imshow(pooled, binary_string=True, aspect="auto", zmin=zmin, zmax=zmax,
-                    color_continuous_scale=colorscale(signed), origin="upper")
-    # axis ticks in the original units (block starts)
-    ny, nx = pooled.shape
-    xt = np.linspace(0, nx - 1, min(nx, 9)).round().astype(int)
-    yt = np.linspace(0, ny - 1, min(ny, 9)).round().astype(int)
-    fig.update_xaxes(title=x_title, tickvals=xt, ticktext=[str(col_edges[i]) for i in xt])
-    fig.update_yaxes(title=y_title, tickvals=yt, ticktext=[str(row_edges[i]) for i in yt])
-    fig.update_traces(hovertemplate=f"{y_title} block %{{y}}, {x_title} block %{{x}}<extra></extra>")
-    return _layout(fig, 320, title=title)
+    fig = go.Figure(go.Heatmap(
+        z=np.round(pooled.astype(np.float32), 3), x=col_edges[:-1], y=row_edges[:-1],
+        colorscale=colorscale(signed), zmin=-vmax if signed else 0.0, zmax=vmax, colorbar=dict(thickness=12),
+        hovertemplate=f"{y_title}s from %{{y}}<br>{x_title}s from %{{x}}<br>strongest %{{z:.3f}}<extra></extra>"))
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title, autorange="reversed")
+    return _layout(fig, height, title=title)
 
 
 def window_heatmap(values: np.ndarray, token_labels: list[str], neuron_ids: np.ndarray, title: str,

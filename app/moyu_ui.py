@@ -218,13 +218,13 @@ def sync_url(name: str, to_str: Callable[[Any], str] = str) -> Any:
 
 
 def share_link(params: dict[str, str], page: str = "explore") -> str:
-    """Absolute link to a view, for a teammate on the same server."""
+    """Absolute link to a view, for a teammate on the same server (Explore is the app's root)."""
     from urllib.parse import urlencode
 
     base = (st.context.url or "").rstrip("/")
-    if base:
-        base = base.rsplit("/", 1)[0] if base.split("/")[-1] in PAGE_PATHS else base
-    return f"{base}/{page}?{urlencode(params)}"
+    if base.rsplit("/", 1)[-1] in PAGE_PATHS:
+        base = base.rsplit("/", 1)[0]
+    return f"{base}/{'' if page == 'explore' else page}?{urlencode(params)}"
 
 
 PAGE_PATHS = ("explore", "heavy_hitters", "methods", "compare", "runs", "experiments")

@@ -9,7 +9,7 @@ import moyu_ui as ui
 from moyu_core import analysis, wordlists
 
 WINDOW_TOKENS = 48        # rows of the detailed heatmap
-OVERVIEW_ROWS, OVERVIEW_COLS = 192, 384
+OVERVIEW_ROWS, OVERVIEW_COLS = 128, 256  # pooled overview: at most 32k cells
 
 
 def _fill(text: str) -> None:
@@ -52,15 +52,16 @@ def capture_form() -> None:
             res = capture_run(lm, ui.store(), st.session_state["prompt_text"], mode=mode, prefix=prefix,
                               progress=lambda f: bar.progress(min(1.0, float(f)), text=f"{f:.0%} of tokens"))
             bar.progress(1.0, text="stored")
-            status.update(label=(f"{'Cache hit' if res.cached else 'Captured'}: {res.tokens} tokens × "
-                                 f"{res.layers} layers × {res.neurons} neurons"),
-                          state="complete", expanded=False)
+            status.update(label="stored", state="complete")
         ui.set_run(res.run_id)
+        st.session_state["captured_msg"] = (f"{'Cache hit' if res.cached else 'Captured'}: {res.tokens} tokens × "
+                                            f"{res.layers} layers × {res.neurons} neurons")
+        st.rerun()
 
 
 def layer_view(rec) -> None:
     L, T, D = rec.n_layers, rec.n_tokens, rec.d_ff
-    c1, c2, c3 = st.columns([3, 2, 2])
+    c1, c2, c3 = st.columns([3, 2.4, 1.6])
     k_layer = ui.url_state("layer", min(L - 1, L // 2), int, lambda v: isinstance(v, int) and 0 <= v < L)
     c1.slider("Layer", 0, L - 1, key=k_layer)
     li = ui.sync_url("layer")
@@ -99,16 +100,18 @@ def layer_view(rec) -> None:
             pooled, re, ce = analysis.pool2d(vals, OVERVIEW_ROWS, OVERVIEW_COLS)
             st.plotly_chart(charts.image_overview(
                 pooled, re, ce, f"Layer {li}: all {T} tokens × {D} neurons (pooled, strongest value per block)",
-                signed, x_title=f"neuron ({order} order)"), width="stretch")
+                signed, x_title=f"neuron ({order} order)", height=min(340, 120 + 12 * len(re))),
+                width="stretch")
         t0 = 0
         if T > WINDOW_TOKENS:
             t0 = st.slider("Token window start", 0, T - WINDOW_TOKENS, 0, step=1, key="tok_start")
-        width = st.select_slider("Neurons in the detailed view", [128, 256, 512, 768], value=256,
+        w1, w2 = st.columns([1, 2])
+        width = w1.select_slider("Neurons in the detailed view", [128, 256, 512, 768], value=256,
                                  key="neuron_width")
         width = min(width, D)
         n0 = 0
         if D > width:
-            n0 = st.slider("Neuron window start (display order)", 0, D - width, 0, step=16, key="neuron_start")
+            n0 = w2.slider("Neuron window start (display order)", 0, D - width, 0, step=16, key="neuron_start")
         rows = slice(t0, min(T, t0 + WINDOW_TOKENS))
         window = vals[rows, n0:n0 + width]
         labels = ui.token_labels(pieces)[rows]
@@ -123,11 +126,11 @@ def all_layers(rec) -> None:
         ov = ui.overview(rec.run_id, rec.n_layers)
         freq = ov["frequency"]  # (L, d_ff)
         ranked = -np.sort(-freq, axis=1)
-        pooled, re, ce = analysis.pool2d(ranked, freq.shape[0], 384)
+        pooled, re, ce = analysis.pool2d(ranked, freq.shape[0], charts.MAX_CELLS // freq.shape[0])
         c1, c2 = st.columns(2)
         c1.plotly_chart(charts.image_overview(
-            pooled, re, ce, "Share of tokens that activate each neuron (neurons ranked per layer)",
-            False, x_title="neuron rank", y_title="layer"), width="stretch")
+            pooled, re, ce, "Activation frequency per layer (neurons ranked)",
+            False, x_title="neuron rank", y_title="layer", height=300), width="stretch")
         rows = ov["inertia"]
         x = np.arange(len(rows))
         c2.plotly_chart(charts.lines(
@@ -147,7 +150,8 @@ def share_box(rec) -> None:
 def main() -> None:
     st.title("Explore")
     rid = ui.current_run()
-    with st.expander("New capture", expanded=not rid):
+    known = bool(rid) and ui.store().has_run(rid)
+    with st.expander("New capture", expanded=not known):
         capture_form()
     rid = st.session_state.get("run_id")
     if not rid:
@@ -157,6 +161,8 @@ def main() -> None:
     rec = ui.run_record(rid)
     if rec is None:
         return
+    if "captured_msg" in st.session_state:
+        st.toast(st.session_state.pop("captured_msg"), icon=":material/check_circle:")
     ui.run_header(rec)
     layer_view(rec)
     all_layers(rec)

@@ -77,8 +77,8 @@ def main() -> None:
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Top heavy hitter", f"#{top[0]} {pieces[top[0]].strip()[:16] or repr(pieces[top[0]])}" if top else "–")
     m2.metric("Share of score in top k", f"{score[top].sum() / max(score.sum(), 1e-12):.1%}")
-    m3.metric("Attention to token 0 (mean over layers)", f"{sink.mean():.1%}",
-              help="the attention sink: share of all attention that lands on the first token")
+    m3.metric("Attention sink (token 0)", f"{sink.mean():.1%}",
+              help="share of all attention (mean over layers) that lands on the first token")
     massive = analysis.massive_activations(norm)
     m4.metric("Tokens with massive activations", str(len(massive)),
               help="residual-stream norm above 5x the median token's, at its largest over layers")
@@ -108,8 +108,9 @@ def main() -> None:
     left, right = st.columns(2)
     nv, nx = _fit_columns(norm)
     left.plotly_chart(charts.matrix_heatmap(
-        nv, nx, list(range(L)), "Residual-stream norm per layer and token (massive activations)",
-        "token", "layer", colors="Magma"), width="stretch")
+        np.log10(np.maximum(nv, 1e-6)), nx, list(range(L)),
+        "Residual-stream norm per layer and token, log10 (massive activations)", "token", "layer",
+        colors="Cividis", hover_value="log10 norm %{z:.2f}"), width="stretch")
     right.plotly_chart(charts.lines(
         {"share to token 0": sink}, np.arange(L), "Attention sink: share of attention on token 0",
         "layer", "share"), width="stretch")
