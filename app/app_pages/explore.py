@@ -27,7 +27,7 @@ def capture_form() -> None:
     cols = st.columns(len(wordlists.EXAMPLE_PROMPTS) + 1)
     for col, (name, text) in zip(cols, wordlists.EXAMPLE_PROMPTS.items()):
         col.button(name, on_click=_fill, args=(text,), width="stretch", key=f"ex_{name}")
-    cols[-1].button("Long (1024 tok.)", on_click=_fill, args=(wordlists.reference_text(4200),),
+    cols[-1].button("Long (~1k tokens)", on_click=_fill, args=(wordlists.reference_text(4500),),
                     width="stretch", key="ex_long",
                     help="English reference prose from Python's pydoc_data, about 1000 tokens")
     with st.container(horizontal=True, vertical_alignment="bottom"):
@@ -102,10 +102,10 @@ def layer_view(rec) -> None:
                 pooled, re, ce, f"Layer {li}: all {T} tokens × {D} neurons (pooled, strongest value per block)",
                 signed, x_title=f"neuron ({order} order)", height=min(340, 120 + 12 * len(re))),
                 width="stretch")
+        w0, w1, w2 = st.columns([2, 1, 2])
         t0 = 0
         if T > WINDOW_TOKENS:
-            t0 = st.slider("Token window start", 0, T - WINDOW_TOKENS, 0, step=1, key="tok_start")
-        w1, w2 = st.columns([1, 2])
+            t0 = w0.slider("Token window start", 0, T - WINDOW_TOKENS, 0, step=1, key="tok_start")
         width = w1.select_slider("Neurons in the detailed view", [128, 256, 512, 768], value=256,
                                  key="neuron_width")
         width = min(width, D)

@@ -26,7 +26,7 @@ def highlighted_text(pieces: list[str], score: np.ndarray, top: list[int]) -> st
     rank = {p: r + 1 for r, p in enumerate(top)}
     out = []
     for i, (p, v) in enumerate(zip(pieces, s)):
-        text = html.escape(p).replace("\n", "⏎<br>")
+        text = html.escape(p).replace("\n", "⏎<br>").replace("  ", "&nbsp; ")
         style = f"background: rgba(231,111,81,{0.08 + 0.8 * v:.2f}); border-radius: 3px; padding: 1px 0;"
         title = f"token {i}: score {score[i]:.3f}"
         if i in rank:
@@ -34,7 +34,7 @@ def highlighted_text(pieces: list[str], score: np.ndarray, top: list[int]) -> st
             text += f"<sup style='color:#264653'>#{rank[i]}</sup>"
         out.append(f"<span title='{html.escape(title)}' style='{style}'>{text}</span>")
     return ("<div style='line-height: 2.1; font-family: ui-monospace, monospace; font-size: 0.9rem; "
-            "white-space: pre-wrap; max-height: 320px; overflow-y: auto'>" + "".join(out) + "</div>")
+            "max-height: 320px; overflow-y: auto'>" + "".join(out) + "</div>")
 
 
 def main() -> None:
@@ -87,8 +87,10 @@ def main() -> None:
     st.markdown(highlighted_text(pieces, score, top), unsafe_allow_html=True)
 
     labels = ui.token_labels(pieces)
-    st.plotly_chart(charts.bars(score, labels, f"Accumulated attention received, layers {lo}–{hi}",
-                                highlight=top, y_title="score"), width="stretch")
+    fig = charts.bars(score, labels, f"Accumulated attention received, layers {lo}–{hi} (log scale)",
+                      highlight=top, y_title="score")
+    fig.update_yaxes(type="log")
+    st.plotly_chart(fig, width="stretch")
 
     per_layer = attn.sum(axis=1)  # (L, T)
     vals, xs = _fit_columns(per_layer)
@@ -109,7 +111,7 @@ def main() -> None:
     nv, nx = _fit_columns(norm)
     left.plotly_chart(charts.matrix_heatmap(
         np.log10(np.maximum(nv, 1e-6)), nx, list(range(L)),
-        "Residual-stream norm per layer and token, log10 (massive activations)", "token", "layer",
+        "Residual norm, log10 (massive activations)", "token", "layer",
         colors="Cividis", hover_value="log10 norm %{z:.2f}"), width="stretch")
     right.plotly_chart(charts.lines(
         {"share to token 0": sink}, np.arange(L), "Attention sink: share of attention on token 0",
