@@ -234,7 +234,9 @@ def methods_registry() -> dict[str, type]:
     """The DA methods available now (the methods package may be partial or absent)."""
     try:
         from moyu_core.methods import REGISTRY
-    except Exception:  # noqa: BLE001 - not written yet, or broken mid-edit
+    except ModuleNotFoundError:  # not written yet
+        return {}
+    except Exception:  # noqa: BLE001 - broken mid-edit: the page says none are available
         log.warning("methods registry unavailable", exc_info=True)
         return {}
     return dict(REGISTRY)

@@ -1,0 +1,130 @@
+"""Server time of the app's reruns when a user switches layer, normalisation, neuron order or
+method on a cached run (goal: under a second each).
+
+The app's script is run by Streamlit's AppTest in this process, which is what the server does on
+each widget change; the figure is the wall time of that rerun (script + figures + messages), not
+the browser's drawing. "cold" switches go to a layer (or method) this process has not read yet,
+"warm" ones return to one already read.
+
+    .venv/bin/python benchmarks/app_switch.py [--tokens 128 1024] [--repeats 5] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "app"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def timed(at) -> float:
+    t0 = time.perf_counter()
+    at.run()
+    dt = (time.perf_counter() - t0) * 1000
+    if at.exception:
+        raise RuntimeError(at.exception[0].value)
+    return dt
+
+
+def summary(ms: list[float]) -> dict:
+    return {"median_ms": round(statistics.median(ms), 1), "max_ms": round(max(ms), 1), "n": len(ms)}
+
+
+def bench_run(run_id: str, n_layers: int, repeats: int) -> dict:
+    from streamlit.testing.v1 import AppTest
+
+    app = str(ROOT / "app" / "streamlit_app.py")
+    at = AppTest.from_file(app, default_timeout=600)
+    at.query_params["run"] = run_id
+    at.query_params["layer"] = "0"
+    t0 = time.perf_counter()
+    at.run()
+    first = (time.perf_counter() - t0) * 1000
+    out: dict = {"first_open_ms": round(first, 1)}
+    layers = [(3 + 7 * i) % n_layers for i in range(repeats)]
+    cold, warm = [], []
+    for li in layers:  # layers not read yet by this process
+        at.slider(key="url_layer").set_value(li)
+        cold.append(timed(at))
+    for li in layers:  # back to layers already read
+        at.slider(key="url_layer").set_value(li)
+        warm.append(timed(at))
+    out["layer_cold"], out["layer_warm"] = summary(cold), summary(warm)
+    norms, orders = [], []
+    for i in range(repeats):
+        at.radio(key="url_norm").set_value(("raw", "abs", "token")[i % 3])
+        norms.append(timed(at))
+        at.radio(key="url_order").set_value(("index", "frequency")[i % 2])
+        orders.append(timed(at))
+    out["normalisation"], out["neuron_order"] = summary(norms), summary(orders)
+
+    from moyu_ui import methods_registry
+
+    names = [n for n in methods_registry() if n not in ("dense", "oracle")]
+    if len(names) < 1:
+        out["method"] = "not available (moyu_core.methods missing)"
+        return out
+    at.switch_page("app_pages/methods.py").run()
+    cold_m, warm_m = [], []
+    picks = names[: max(2, min(len(names), repeats))]
+    for name in picks:
+        at.multiselect(key="url_method").set_value([name])
+        cold_m.append(timed(at))
+    for name in picks:
+        at.multiselect(key="url_method").set_value([name])
+        warm_m.append(timed(at))
+    out["method_cold"], out["method_warm"] = summary(cold_m), summary(warm_m)
+    out["methods"] = picks
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[128, 1024])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--db", default=None, help="database (default: a fresh temporary file)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from moyu_core import models, wordlists
+    from moyu_core.runs import capture_run
+    from moyu_core.store import Store
+
+    db = args.db or str(Path(tempfile.mkdtemp(prefix="moyu-switch-")) / "switch.duckdb")
+    os.environ["MOYU_DB"] = db
+    models.set_threads()
+    lm = models.load()
+    store = Store(db)
+    text = wordlists.reference_text(8_000)
+    report = {"db": db, "model": lm.name, "threads": 2, "runs": {}}
+    for n in args.tokens:
+        ids = lm.encode(text)[:n]
+        run = capture_run(lm, store, lm.tokenizer.decode(ids))  # cached from here on
+        report["runs"][f"{run.tokens} tokens"] = bench_run(run.run_id, lm.n_layers, args.repeats)
+    worst = max(v["max_ms"] for r in report["runs"].values() for k, v in r.items()
+                if isinstance(v, dict) and k != "first_open_ms")
+    report["worst_switch_ms"] = worst
+    report["goal_under_1s"] = worst < 1000
+    if args.json:
+        print(json.dumps(report))
+        return
+    for name, r in report["runs"].items():
+        print(f"{name}: first open {r['first_open_ms']:.0f} ms (loads the model's outputs and the all-layers overview)")
+        for k, v in r.items():
+            if isinstance(v, dict):
+                print(f"  {k:<14} median {v['median_ms']:7.1f} ms   max {v['max_ms']:7.1f} ms   (n={v['n']})")
+            elif k not in ("first_open_ms",):
+                print(f"  {k:<14} {v}")
+    print(f"worst switch: {worst:.0f} ms -> goal (< 1000 ms) {'met' if report['goal_under_1s'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
