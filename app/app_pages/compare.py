@@ -34,18 +34,26 @@ def main() -> None:
     c3.caption("x axis: measured decode speed-up" + ("" if has_speed else " — none stored yet, so keep is shown"))
 
     plot = df.dropna(subset=[quality, x])
-    fig = px.line(plot.sort_values(x), x=x, y=quality, color="method", markers=True,
+    plot = plot.sort_values(x).assign(label=lambda d: d["keep"].map(lambda k: "" if pd.isna(k) else f"k={k:g}"))
+    fig = px.line(plot, x=x, y=quality, color="method", markers=True, text="label",
                   symbol="timing" if has_speed else None,
                   hover_data=["keep", "ppl_ratio", "kl", "top1_agree", "sparsity", "windows"],
                   labels={"speedup": "decode speed-up over dense (×)", "keep": "keep (fraction of neurons)",
                           quality: QUALITY[quality]})
+    fig.update_traces(textposition="top center", textfont_size=10)
     if has_speed and df["ceiling"].notna().any():
-        ceil = df.dropna(subset=["ceiling"]).sort_values("ceiling")
-        fig.add_scatter(x=ceil["ceiling"], y=[plot[quality].min()] * len(ceil), mode="markers",
-                        marker=dict(symbol="line-ns-open", size=14, color="grey"), name="ceiling at keep")
+        ceil = df.dropna(subset=["ceiling"]).drop_duplicates("keep").sort_values("ceiling")
+        fig.add_scatter(x=ceil["ceiling"], y=[plot[quality].min()] * len(ceil), mode="markers+text",
+                        marker=dict(symbol="line-ns-open", size=16, color="grey"),
+                        text=[f"ceiling k={k:g}" for k in ceil["keep"]], textposition="bottom center",
+                        textfont=dict(size=9, color="grey"), name="ceiling at keep (1/(1-m(1-k)))")
     fig.update_layout(height=460, margin=dict(l=10, r=10, t=30, b=10))
     st.plotly_chart(fig, width="stretch")
-    st.dataframe(df, hide_index=True, width="stretch")
+    num = st.column_config.NumberColumn
+    st.dataframe(df, hide_index=True, width="stretch", column_config={
+        "ppl_ratio": num("ppl ratio", format="%.3f"), "kl": num("KL", format="%.4f"),
+        "top1_agree": num("top-1 agree", format="percent"), "sparsity": num(format="percent"),
+        "speedup": num("speed-up ×", format="%.2f"), "ceiling": num("ceiling ×", format="%.2f")})
     st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"moyu-compare-{model}.csv",
                        mime="text/csv", icon=":material/download:")
     st.caption("Speed-ups are labelled executed (skipped weights not read) or simulated (masking only).")

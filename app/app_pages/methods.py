@@ -147,7 +147,7 @@ def generation_block(lm, rec, method, params: dict, keep: float) -> None:
     speedup = got["decode_tokens_per_s"] / max(dense["decode_tokens_per_s"], 1e-9)
     ceiling = analysis.speedup_ceiling(_mlp_share(lm.name), keep)
     m = st.columns(4)
-    m[0].metric(f"Decode speed ({got['label']})", f"{got['decode_tokens_per_s']:.1f} tok/s",
+    m[0].metric(f"{method.name} decode speed ({got['label']})", f"{got['decode_tokens_per_s']:.1f} tok/s",
                 help="executed: the skipped weights are really not read; simulated: masking only")
     m[1].metric("Dense decode speed", f"{dense['decode_tokens_per_s']:.1f} tok/s")
     m[2].metric(f"Speed-up ({got['label']})", f"{speedup:.2f}×", help="one pair of runs; the benchmark takes medians")
@@ -227,7 +227,10 @@ def main() -> None:
         with tab:
             try:
                 method = build(name, keep, {})
-                with st.expander(f"{name} parameters: {method.describe() if hasattr(method, 'describe') else ''}"):
+                shown = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(method.params).items())
+                with st.expander(f"{name} parameters: {shown}"):
+                    if hasattr(method, "describe"):
+                        st.caption(" · ".join(f"{k}: {v}" for k, v in method.describe().items()))
                     edits = param_editor(name, method)
                 method = build(name, keep, edits) if edits else method
                 params = dataclasses.asdict(method.params)
