@@ -106,6 +106,18 @@ def test_bad_url_and_bad_prompt_get_friendly_messages(app_db):
     assert any("control character" in e.value for e in at.error)
 
 
+def test_parallel_capture_with_prefix(app_db):
+    store, _ = app_db
+    at = open_app()
+    at.text_area(key="prompt_text").set_value("red seven apple")
+    at.radio[0].set_value("parallel")
+    at.text_input[0].set_value("Words:")
+    next(b for b in at.button if b.label == "Capture").click().run()
+    assert_clean(at)
+    rec = store.run(at.query_params["run"])
+    assert rec.mode == "parallel" and rec.prefix == "Words:"
+
+
 def test_random_word_list_button_fills_a_seeded_prompt(app_db):
     at = open_app()
     at.number_input(key="rw_n").set_value(12)
@@ -122,9 +134,11 @@ def test_long_prompt_heatmap_messages_stay_small(app_db, lm):
     ids = lm.encode(text)[:1024]
     run = capture_run(lm, store, lm.tokenizer.decode(ids))
     assert run.tokens >= 1000
-    at = open_app(run=run.run_id)
+    at = open_app(run=run.run_id, tok=100, width=128, nstart=32)
     assert_clean(at)
     specs = [c.proto.spec for c in at.get("plotly_chart")]
+    titles = [json.loads(s)["layout"]["title"]["text"] for s in specs]
+    assert any("tokens 100–147, neurons 32–159" in t for t in titles), titles  # window from the URL
     assert len(specs) >= 2  # pooled overview + detailed window
     assert max(len(s) for s in specs) < 500_000  # Streamlit's limit is 200 MB; stay far below
     overview = json.loads(specs[0])["data"][0]  # every token, pooled into blocks
@@ -154,7 +168,8 @@ def test_runs_page_lists_opens_and_deletes(app_db, lm):
     assert_clean(at)
     table = at.dataframe[0].value
     assert {rid, extra} <= set(table["run_id"])
-    at.text_input[0].set_value("delete").run()
+    at.text_input(key="url_rtext").set_value("delete").run()
+    assert at.query_params["rtext"] == "delete"
     assert list(at.dataframe[0].value["run_id"]) == [extra]
     at.multiselect(key="runs_selected").set_value([extra]).run()
     assert any(f"run={extra}" in c.value for c in at.code)

@@ -17,7 +17,9 @@ def main() -> None:
     store = ui.store()
     models = sorted({r["model"] for r in store.results() if r.get("model")}) or ["smollm2-135m"]
     c1, c2, c3 = st.columns([2, 2, 2])
-    model = c1.selectbox("Model", models)
+    k_model = ui.url_state("model", models[0], str, lambda v: v in models)
+    c1.selectbox("Model", models, key=k_model)
+    model = ui.sync_url("model")
     mlp_share = (analysis.mlp_weight_share(ui.model(model).model)
                  if model in ui.available_models() else None)  # for the ceiling at each keep
     df = pd.DataFrame(analysis.metrics_table(store.results(model=model), mlp_share))

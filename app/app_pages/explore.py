@@ -9,6 +9,7 @@ import moyu_ui as ui
 from moyu_core import analysis, wordlists
 
 WINDOW_TOKENS = 48        # rows of the detailed heatmap
+WIDTHS = [128, 256, 512, 768]  # neurons (columns) of the detailed heatmap
 OVERVIEW_ROWS, OVERVIEW_COLS = 128, 256  # pooled overview: at most 32k cells
 
 
@@ -105,13 +106,17 @@ def layer_view(rec) -> None:
         w0, w1, w2 = st.columns([2, 1, 2])
         t0 = 0
         if T > WINDOW_TOKENS:
-            t0 = w0.slider("Token window start", 0, T - WINDOW_TOKENS, 0, step=1, key="tok_start")
-        width = w1.select_slider("Neurons in the detailed view", [128, 256, 512, 768], value=256,
-                                 key="neuron_width")
-        width = min(width, D)
+            k_tok = ui.url_state("tok", 0, int, lambda v: isinstance(v, int) and 0 <= v <= T - WINDOW_TOKENS)
+            w0.slider("Token window start", 0, T - WINDOW_TOKENS, step=1, key=k_tok)
+            t0 = ui.sync_url("tok")
+        k_w = ui.url_state("width", 256, int, lambda v: v in WIDTHS)
+        w1.select_slider("Neurons in the detailed view", WIDTHS, key=k_w)
+        width = min(ui.sync_url("width"), D)
         n0 = 0
         if D > width:
-            n0 = w2.slider("Neuron window start (display order)", 0, D - width, 0, step=16, key="neuron_start")
+            k_n0 = ui.url_state("nstart", 0, int, lambda v: isinstance(v, int) and 0 <= v <= D - width and v % 16 == 0)
+            w2.slider("Neuron window start (display order)", 0, D - width, step=16, key=k_n0)
+            n0 = ui.sync_url("nstart")
         rows = slice(t0, min(T, t0 + WINDOW_TOKENS))
         window = vals[rows, n0:n0 + width]
         labels = ui.token_labels(pieces)[rows]
@@ -141,10 +146,9 @@ def all_layers(rec) -> None:
 
 
 def share_box(rec) -> None:
-    keys = ("layer", "norm", "order")
-    params = {"run": rec.run_id, **{k: str(st.session_state[f"url_{k}"]) for k in keys}}
     st.caption("Link to this view (same server)")
-    st.code(ui.share_link(params, "explore"), language=None)
+    st.code(ui.share_link({"run": rec.run_id, **{k: v for k, v in st.query_params.items() if k != "run"}},
+                          "explore"), language=None)
 
 
 def main() -> None:

@@ -25,9 +25,15 @@ def main() -> None:
     c1, c2, c3 = st.columns([1.2, 1.2, 3])
     models = ["all"] + sorted({r["model"] for r in everything})
     methods = ["all"] + sorted({r["method"] for r in everything})
-    model = c1.selectbox("Model", models)
-    method = c2.selectbox("Method", methods)
-    text = c3.text_input("Text contains", placeholder="filter by a word of the prompt")
+    k_model = ui.url_state("rmodel", "all", str, lambda v: v in models)
+    model = c1.selectbox("Model", models, key=k_model)
+    ui.sync_url("rmodel")
+    k_method = ui.url_state("rmethod", "all", str, lambda v: v in methods)
+    method = c2.selectbox("Method", methods, key=k_method)
+    ui.sync_url("rmethod")
+    k_text = ui.url_state("rtext", "", str, lambda v: isinstance(v, str) and len(v) <= 200)
+    text = c3.text_input("Text contains", placeholder="filter by a word of the prompt", key=k_text)
+    ui.sync_url("rtext")
     runs = store.list_runs(model=None if model == "all" else model, method=None if method == "all" else method,
                            text=text or None, limit=1000)
     if not runs:
