@@ -96,7 +96,7 @@ def available_models() -> list[str]:
 
 # ---- cached reads of a run (content-addressed, so safe to share between sessions) ------------------
 
-@st.cache_resource(show_spinner=False, max_entries=256)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def _layer(path: str, run_id: str, layer: int):
     z = _store(path).activations(run_id, layer)
     z.setflags(write=False)
@@ -158,6 +158,11 @@ def run_header(rec) -> None:
     st.markdown(f"**Run** `{rec.run_id}` · {rec.model} · {rec.mode} · {rec.n_tokens} tokens · "
                 f"{rec.n_layers} layers × {rec.d_ff} neurons · {rec.dtype}")
     st.caption(text.replace("\n", " ⏎ "))
+
+
+def pct(v: float) -> str:
+    """A share as a percentage, or a dash when it is undefined (e.g. one-token prompts)."""
+    return "–" if v != v else f"{v:.1%}"
 
 
 def token_labels(pieces: list[str]) -> list[str]:

@@ -118,6 +118,16 @@ def test_parallel_capture_with_prefix(app_db):
     assert rec.mode == "parallel" and rec.prefix == "Words:"
 
 
+def test_one_token_prompt_renders_without_undefined_figures(app_db):
+    at = open_app()
+    at.text_area(key="prompt_text").set_value("Hello")
+    next(b for b in at.button if b.label == "Capture").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    values = {m.label: m.value for m in at.metric}
+    assert values["Adjacent top-10% overlap"] == "–" and "nan" not in " ".join(values.values())
+
+
 def test_random_word_list_button_fills_a_seeded_prompt(app_db):
     at = open_app()
     at.number_input(key="rw_n").set_value(12)

@@ -87,14 +87,14 @@ def layer_view(rec) -> None:
     with right:
         inert = analysis.inertia(z)
         st.markdown(f"**Inertia, layer {li}**")
-        st.metric("Adjacent top-10% overlap", f"{inert.adjacent_overlap:.1%}",
-                  delta=f"{inert.adjacent_overlap - inert.random_overlap:+.1%} vs random",
+        st.metric("Adjacent top-10% overlap", ui.pct(inert.adjacent_overlap),
+                  delta=None if inert.n_tokens < 2 else f"{inert.adjacent_overlap - inert.random_overlap:+.1%} vs random",
                   help="mean share of token t's top-10% neurons that were in token t-1's top 10%; "
                        "random sets would overlap by 10%")
-        st.metric("Overlap with history", f"{inert.history_overlap:.1%}",
+        st.metric("Overlap with history", ui.pct(inert.history_overlap),
                   help="mean share of token t's top-10% neurons already active for some earlier token")
-        st.metric("All-pairs overlap", f"{inert.pairwise_overlap:.1%}")
-        st.metric("Neurons ever in a top 10%", f"{inert.union_share:.1%}",
+        st.metric("All-pairs overlap", ui.pct(inert.pairwise_overlap))
+        st.metric("Neurons ever in a top 10%", ui.pct(inert.union_share),
                   help="share of the layer's neurons in at least one token's top 10%")
     with left:
         if T > WINDOW_TOKENS or D > 512:

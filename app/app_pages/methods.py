@@ -19,24 +19,30 @@ HIDDEN = {"dense", "oracle"}  # dense is the reference, oracle the comparator: b
 
 # ---- cached computations (content-addressed by run, method name and parameters) ---------------------
 
-@st.cache_resource(show_spinner=False, max_entries=12)
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _keep_masks(model_name: str, run_id: str, name: str, params_json: str):
+    """The method's keep masks for the run's prompt, bit-packed: (L, T, d_ff / 8) uint8."""
     from moyu_core import methods
 
     lm = ui._model(model_name)
     ids = [i for i, _ in ui.tokens(run_id)]
     method = methods.make(name, **json.loads(params_json))
-    mask = np.asarray(methods.keep_masks(lm, method, ids), dtype=bool)  # (L, T, d_ff)
-    mask.setflags(write=False)
-    return mask
+    packed = np.packbits(np.asarray(methods.keep_masks(lm, method, ids), dtype=bool), axis=-1)
+    packed.setflags(write=False)
+    return packed
+
+
+def keep_mask(model_name: str, run_id: str, name: str, params_json: str, layer: int, d_ff: int):
+    """bool (T, d_ff): which neurons the method keeps at `layer` for each token."""
+    packed = _keep_masks(model_name, run_id, name, params_json)
+    return np.unpackbits(packed[layer], axis=-1, count=d_ff).astype(bool)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _per_layer_agreement(model_name: str, run_id: str, name: str, params_json: str, n_layers: int):
-    mask = _keep_masks(model_name, run_id, name, params_json)
+def _per_layer_agreement(model_name: str, run_id: str, name: str, params_json: str, n_layers: int, d_ff: int):
     out = []
     for li in range(n_layers):
-        keep = mask[li]
+        keep = keep_mask(model_name, run_id, name, params_json, li, d_ff)
         oracle = analysis.top_mask(ui.layer(run_id, li), max(float(keep.mean()), 1e-6))
         out.append(analysis.mask_agreement(keep, oracle))
     return out
@@ -160,8 +166,7 @@ def generation_block(lm, rec, method, params: dict, keep: float) -> None:
 def mask_block(lm, rec, name: str, params: dict, li: int) -> None:
     pj = json.dumps(params, sort_keys=True)
     with st.spinner(f"{name}: which neurons it keeps for this prompt…"):
-        mask = _keep_masks(lm.name, rec.run_id, name, pj)
-    keep = mask[li]  # (T, d_ff)
+        keep = keep_mask(lm.name, rec.run_id, name, pj, li, rec.d_ff)  # (T, d_ff)
     z = ui.layer(rec.run_id, li)
     oracle = analysis.top_mask(z, max(float(keep.mean()), 1e-6))
     agree = analysis.mask_agreement(keep, oracle)
@@ -183,7 +188,7 @@ def mask_block(lm, rec, name: str, params: dict, li: int) -> None:
         st.metric("Recall of the oracle", f"{agree['recall']:.1%}",
                   help="share of the neurons the oracle keeps (true top-k of |z|) that the method keeps too")
         st.metric("Precision", f"{agree['precision']:.1%}")
-        rows_all = _per_layer_agreement(lm.name, rec.run_id, name, pj, rec.n_layers)
+        rows_all = _per_layer_agreement(lm.name, rec.run_id, name, pj, rec.n_layers, rec.d_ff)
         st.plotly_chart(charts.lines({"recall": np.array([r["recall"] for r in rows_all])},
                                      np.arange(rec.n_layers), "Recall per layer", "layer", "recall",
                                      height=220), width="stretch", key=f"recall_{name}")
