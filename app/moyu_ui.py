@@ -153,11 +153,18 @@ def run_record(run_id: str):
     return s.run(run_id)
 
 
+def md_escape(text: str) -> str:
+    """User text shown as plain text inside Markdown (no links, images or HTML from a prompt)."""
+    import re
+
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!<>|~$:])", r"\\\1", text)
+
+
 def run_header(rec) -> None:
     text = rec.text if len(rec.text) <= 240 else rec.text[:240] + "…"
-    st.markdown(f"**Run** `{rec.run_id}` · {rec.model} · {rec.mode} · {rec.n_tokens} tokens · "
+    st.markdown(f"**Run** `{rec.run_id}` · {md_escape(rec.model)} · {rec.mode} · {rec.n_tokens} tokens · "
                 f"{rec.n_layers} layers × {rec.d_ff} neurons · {rec.dtype}")
-    st.caption(text.replace("\n", " ⏎ "))
+    st.caption(md_escape(text.replace("\n", " ⏎ ")))
 
 
 def pct(v: float) -> str:

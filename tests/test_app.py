@@ -235,3 +235,10 @@ def test_methods_page(app_db):
     assert at.query_params["keep"] == "0.25" and at.query_params["method"] == names[0]
     recall = [m for m in at.metric if m.label == "Recall of the oracle"]
     assert recall or at.warning or at.error
+
+
+def test_prompt_text_is_shown_as_plain_text():
+    import moyu_ui
+
+    shown = moyu_ui.md_escape("![x](http://evil.example/a.png) <img src=x> **bold**")
+    assert "![" not in shown and "](" not in shown and "<img" not in shown and "**" not in shown
