@@ -244,3 +244,15 @@ def test_prompt_text_is_shown_as_plain_text():
     import re
 
     assert not re.search(r"(?<!\\)[!\[\]()<>*]", shown), shown  # every markup character escaped
+
+
+def test_too_long_prompt_is_refused_before_any_forward(app_db, monkeypatch):
+    monkeypatch.setenv("MOYU_MAX_TOKENS", "16")
+    import moyu_core.models as models
+
+    monkeypatch.setattr(models, "DEFAULT_MAX_TOKENS", 16)
+    at = open_app()
+    at.text_area(key="prompt_text").set_value(wordlists.random_word_list(40, 1))
+    next(b for b in at.button if b.label == "Capture").click().run()
+    assert_clean(at)
+    assert any("limit is 16" in e.value for e in at.error), [e.value for e in at.error]

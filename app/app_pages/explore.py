@@ -7,6 +7,7 @@ import streamlit as st
 import moyu_charts as charts
 import moyu_ui as ui
 from moyu_core import analysis, wordlists
+from moyu_core.errors import MoyuError
 
 WINDOW_TOKENS = 48        # rows of the detailed heatmap
 WIDTHS = [128, 256, 512, 768]  # neurons (columns) of the detailed heatmap
@@ -45,19 +46,37 @@ def capture_form() -> None:
     prefix = c3.text_input("Prefix (optional)", help="Shared prefix; in parallel mode every token sees only it")
     go = c4.button("Capture", type="primary", icon=":material/play_arrow:", width="stretch")
     if go:
-        from moyu_core.runs import capture_run
+        capture(name, mode, prefix)
 
-        lm = ui.model(name)
-        with st.status("Capturing…", expanded=True) as status:
-            bar = st.progress(0.0, text="forward pass with hooks")
-            res = capture_run(lm, ui.store(), st.session_state["prompt_text"], mode=mode, prefix=prefix,
+
+def capture(name: str, mode: str, prefix: str) -> None:
+    """Capture the prompt box into the store (checks first), then show the new run."""
+    from moyu_core.models import check_text
+    from moyu_core.runs import capture_run
+
+    text = st.session_state["prompt_text"]
+    try:
+        check_text(text)
+        if prefix:
+            check_text(prefix)
+    except MoyuError as e:
+        st.error(str(e), icon=":material/error:")
+        return
+    lm = ui.model(name)
+    with st.status("Capturing…", expanded=True) as status:
+        bar = st.progress(0.0, text="forward pass with hooks")
+        try:
+            res = capture_run(lm, ui.store(), text, mode=mode, prefix=prefix,
                               progress=lambda f: bar.progress(min(1.0, float(f)), text=f"{f:.0%} of tokens"))
-            bar.progress(1.0, text="stored")
-            status.update(label="stored", state="complete")
-        ui.set_run(res.run_id)
-        st.session_state["captured_msg"] = (f"{'Cache hit' if res.cached else 'Captured'}: {res.tokens} tokens × "
-                                            f"{res.layers} layers × {res.neurons} neurons")
-        st.rerun()
+        except MoyuError as e:
+            status.update(label="Not captured", state="error", expanded=False)
+            st.error(str(e), icon=":material/error:")
+            return
+        status.update(label="stored", state="complete")
+    ui.set_run(res.run_id)
+    st.session_state["captured_msg"] = (f"{'Cache hit' if res.cached else 'Captured'}: {res.tokens} tokens × "
+                                        f"{res.layers} layers × {res.neurons} neurons")
+    st.rerun()
 
 
 def layer_view(rec) -> None:
