@@ -33,6 +33,23 @@ class TopK:
         return {"family": "test"}
 
 
+@dataclasses.dataclass(frozen=True)
+class ThresholdParams:
+    threshold: float = 0.05
+
+
+class Threshold:
+    """Stand-in threshold method (no keep): keeps |z| >= threshold."""
+
+    name = "threshold_standin"
+
+    def __init__(self, **params):
+        self.params = ThresholdParams(**params)
+
+    def describe(self) -> dict:
+        return {"family": "TDA"}
+
+
 class Dense:
     name = "dense"
     params = TopKParams(keep=1.0)
@@ -47,16 +64,18 @@ def standin_modules(lm):
     def make(name, **params):
         if name == "dense":
             return Dense()
-        if name != TopK.name:
+        if name not in (TopK.name, Threshold.name):
             raise MoyuError(f"unknown method '{name}'")
         try:
-            return TopK(**params)
+            return (TopK if name == TopK.name else Threshold)(**params)
         except TypeError as e:
             raise MoyuError(str(e)) from e
 
     def keep_masks(lm_, method, ids):
         calls["keep_masks"] += 1
         z = hooks.capture(lm_, ids).z  # (L, T, d_ff)
+        if method.name == Threshold.name:
+            return np.abs(z) >= method.params.threshold
         masks = np.stack([analysis.top_mask(zl, method.params.keep) for zl in z])
         masks[:method.params.layers_from] = True
         return masks
@@ -76,7 +95,7 @@ def standin_modules(lm):
                 "decode_tokens_per_s": 20.0 if dense else 25.0, "label": "executed" if executed else "simulated"}
 
     methods = types.ModuleType("moyu_core.methods")
-    methods.REGISTRY = {"dense": Dense, TopK.name: TopK}
+    methods.REGISTRY = {"dense": Dense, TopK.name: TopK, Threshold.name: Threshold}
     methods.make, methods.keep_masks = make, keep_masks
     evaluate_mod = types.ModuleType("moyu_core.evaluate")
     evaluate_mod.evaluate = evaluate
@@ -123,6 +142,27 @@ def test_methods_page_against_the_contract(app_db, lm, monkeypatch):  # noqa: F8
     ceiling = analysis.speedup_ceiling(analysis.mlp_weight_share(lm.model), 0.25)
     assert 1.75 < ceiling < 1.85 and metrics["Ceiling at keep 0.25"] == f"{ceiling:.2f}×"
     assert any(t.value == f"{TopK.name} continuation" for t in at.text)
+
+
+def test_threshold_method_without_keep_gets_its_measured_ceiling(app_db, lm, monkeypatch):  # noqa: F811
+    import moyu_core
+    from moyu_core import analysis, hooks
+
+    mods, _ = standin_modules(lm)
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, f"moyu_core.{name}", mod)
+        monkeypatch.setattr(moyu_core, name, mod, raising=False)
+    store, rid = app_db
+    at = open_app("methods", run=rid, method=Threshold.name)
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    next(b for b in at.button if b.label == "Generate").click().run()
+    assert_clean(at)
+    z = hooks.capture(lm, [i for i, _ in store.tokens(rid)]).z
+    kept = float((np.abs(z) >= 0.05).mean())
+    label = f"Ceiling at keep {kept:.2f}"
+    ceiling = analysis.speedup_ceiling(analysis.mlp_weight_share(lm.model), kept)
+    assert {m.label: m.value for m in at.metric}[label] == f"{ceiling:.2f}×"
 
 
 def test_methods_page_on_real_methods(app_db):  # noqa: F811

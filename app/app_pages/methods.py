@@ -48,6 +48,12 @@ def _per_layer_agreement(model_name: str, run_id: str, name: str, params_json: s
     return out
 
 
+def kept_share(model_name: str, run_id: str, name: str, params_json: str) -> float:
+    """Share of all (layer, token, neuron) entries the method keeps on this prompt."""
+    packed = _keep_masks(model_name, run_id, name, params_json)
+    return float(np.unpackbits(packed).mean()) * packed.shape[-1] * 8 / ui.store().run(run_id).d_ff
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _mlp_share(model_name: str) -> float:
     return analysis.mlp_weight_share(ui._model(model_name).model)
@@ -244,7 +250,11 @@ def main() -> None:
                 st.subheader("Quality")
                 quality_block(lm, method, params)
                 st.subheader("Generation and timing")
-                generation_block(lm, rec, method, params, float(params.get("keep", keep)))
+                if isinstance(params.get("keep"), (int, float)):
+                    effective = float(params["keep"])
+                else:  # a threshold method: its ceiling is at the share it actually kept here
+                    effective = kept_share(lm.name, rec.run_id, name, json.dumps(params, sort_keys=True))
+                generation_block(lm, rec, method, params, effective)
             except MoyuError as e:
                 st.error(f"{name}: {e}", icon=":material/error:")
             except (ImportError, AttributeError, NotImplementedError) as e:
