@@ -122,7 +122,7 @@ def layer_view(rec) -> None:
                 pooled, re, ce, f"Layer {li}: all {T} tokens × {D} neurons (pooled, strongest value per block)",
                 signed, x_title=f"neuron ({order} order)", height=min(340, 120 + 12 * len(re))),
                 width="stretch")
-        w0, w1, w2 = st.columns([2, 1, 2])
+        w0, w1, w2 = st.columns([2, 1, 2]) if T > WINDOW_TOKENS else (None, *st.columns([1, 2]))
         t0 = 0
         if T > WINDOW_TOKENS:
             k_tok = ui.url_state("tok", 0, int, lambda v: isinstance(v, int) and 0 <= v <= T - WINDOW_TOKENS)
