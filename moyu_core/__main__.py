@@ -13,7 +13,8 @@ import sys
 
 from .errors import MoyuError
 
-COMMANDS = ["capture", "runs"]
+COMMANDS = ["capture", "runs", "export", "import_bundle"]
+COMMAND_NAMES = {"import_bundle": "import"}  # module name -> subcommand (`import` is a keyword)
 
 
 def _human(result: dict) -> str:
@@ -36,9 +37,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     modules = {}
     for name in COMMANDS:
         mod = importlib.import_module(f"moyu_core.commands.{name}")
-        p = sub.add_parser(name.replace("_", "-"), parents=[common], help=mod.HELP, description=mod.HELP)
+        cmd = COMMAND_NAMES.get(name, name.replace("_", "-"))
+        p = sub.add_parser(cmd, parents=[common], help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
-        modules[name.replace("_", "-")] = mod
+        modules[cmd] = mod
     return parser, modules
 
 

@@ -357,3 +357,63 @@ class Store:
                                [kind, kind, model, model]).fetchall()
         return [{"kind": r[0], "model": r[1], "method": r[2], "params": json.loads(r[3]),
                  "result": json.loads(r[4]), "created_at": r[5]} for r in rows]
+
+    # ---- export / import of bundles (validation of untrusted files lives in bundle.py) ----------
+
+    def run_rows(self, run_id: str) -> tuple[dict, pa.Table]:
+        """(run record as a dict with created_at, one row per (layer, pos) ordered by layer, pos:
+        run_id, layer, pos, token_id, piece, scale, vec, resid_norm, attn_received) for export."""
+        with self._connect() as con:
+            cur = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
+            rows = cur.fetchall()
+            if not rows:
+                raise MoyuError(f"no run '{run_id}' in {self.path}")
+            rec = dict(zip([d[0] for d in cur.description], rows[0]))
+            tbl = con.sql(
+                "SELECT a.run_id, a.layer, a.pos, t.token_id, t.piece, a.scale, a.vec, s.resid_norm, "
+                "s.attn_received FROM activations a "
+                "JOIN token_stats s ON s.run_id = a.run_id AND s.layer = a.layer AND s.pos = a.pos "
+                "JOIN tokens t ON t.run_id = a.run_id AND t.pos = a.pos "
+                "WHERE a.run_id = ? ORDER BY a.layer, a.pos", params=[run_id]).to_arrow_table()
+        rec["params"] = json.loads(rec["params"] or "{}")
+        rec["created_at"] = str(rec["created_at"])
+        return rec, tbl
+
+    def results_for_runs(self, run_ids: list[str]) -> list[dict]:
+        """Results rows whose key mentions one of the runs (metrics tied to them), for export."""
+        out = []
+        with self._connect() as con:
+            for rid in run_ids:
+                rows = con.execute("SELECT kind, model, method, params, result FROM results "
+                                   "WHERE contains(params, ?) ORDER BY created_at", [rid]).fetchall()
+                out += [{"kind": r[0], "model": r[1], "method": r[2], "params": json.loads(r[3]),
+                         "result": json.loads(r[4])} for r in rows]
+        return out
+
+    def import_runs(self, records: list[dict], tables: Iterator[pa.Table], results: list[dict]) -> None:
+        """Write whole runs (records + their rows, as validated Arrow tables with the columns of
+        `run_rows`) and results in ONE transaction: any error (also one raised by the `tables`
+        iterator) rolls everything back. A run id already present is refused."""
+        with self._transaction() as con:
+            for rec in records:
+                if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [rec["run_id"]]).fetchone():
+                    raise MoyuError(f"run {rec['run_id']} is already in {self.path}")
+                con.execute("INSERT INTO runs (run_id, model, fingerprint, mode, prefix, chat, method, params, "
+                            "text, n_tokens, n_layers, d_ff, n_heads, dtype) VALUES "
+                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [rec["run_id"], rec["model"], rec["fingerprint"], rec["mode"], rec["prefix"],
+                             rec["chat"], rec["method"], json.dumps(rec["params"], sort_keys=True), rec["text"],
+                             rec["n_tokens"], rec["n_layers"], rec["d_ff"], rec["n_heads"], rec["dtype"]])
+            for tbl in tables:
+                con.register("_imp", tbl)
+                con.execute("INSERT INTO activations SELECT run_id, layer, pos, scale, vec FROM _imp")
+                con.execute("INSERT INTO token_stats SELECT run_id, layer, pos, resid_norm, attn_received FROM _imp")
+                con.execute("INSERT INTO tokens SELECT run_id, pos, token_id, piece FROM _imp WHERE layer = 0")
+                con.unregister("_imp")
+            for r in results:
+                k = content_hash({"kind": r["kind"], **r["params"]})
+                if con.execute("SELECT 1 FROM results WHERE key = ?", [k]).fetchone() is None:
+                    con.execute("INSERT INTO results (key, kind, model, method, params, result) "
+                                "VALUES (?, ?, ?, ?, ?, ?)",
+                                [k, r["kind"], r["model"], r["method"],
+                                 json.dumps(r["params"], sort_keys=True, default=str), json.dumps(r["result"])])
