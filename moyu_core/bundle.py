@@ -69,6 +69,7 @@ def export_runs(store: Store, run_ids: list[str], out_path: str | Path) -> Path:
     """Write the runs (and the results rows that mention them) to one Parquet bundle. The file
     appears whole or not at all (written beside, then renamed)."""
     ids = list(dict.fromkeys(run_ids))
+    store = getattr(store, "local", store)  # a LayeredStore exports its local runs
     if not ids:
         raise MoyuError("no runs to export: give at least one run id")
     if len(ids) > MAX_RUNS:
@@ -339,6 +340,7 @@ def import_bundle(store: Store, path: str | Path) -> list[str]:
     """Import a bundle into `store` in one transaction; returns its run ids. Runs already
     present with the same description are kept as they are; a different run under a known id,
     or any problem with the file, raises MoyuError and leaves the database unchanged."""
+    store = getattr(store, "local", store)  # imports always go to the local database
     checked = check_file(path)
     keep = set()
     for rec in checked.records:
