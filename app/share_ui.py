@@ -76,7 +76,7 @@ def _team(store) -> None:
     if team.skipped:
         with st.expander(f"{len(team.skipped)} file(s) in the team folder were skipped"):
             for name, why in sorted(team.skipped.items()):
-                st.text(f"{name}: {why}")
+                st.text(why)
 
 
 def render_share(store, selected_run_ids: list[str]) -> None:

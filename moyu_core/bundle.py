@@ -25,6 +25,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -370,6 +371,13 @@ def import_bytes(store: Store, data: bytes, name: str = "upload.parquet", tmp_di
 
 # ---- team store: a folder of bundles, read-only, never copied ------------------------------------------
 
+def _when(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
 class TeamStore:
     """Runs in a folder of exported bundles (local or network path), read in place with pyarrow.
 
@@ -444,9 +452,9 @@ class TeamStore:
             out.append({"run_id": rid, "model": r["model"], "mode": r["mode"], "method": r["method"],
                         "params": json.dumps(r["params"], sort_keys=True), "n_tokens": r["n_tokens"],
                         "n_layers": r["n_layers"], "d_ff": r["d_ff"], "dtype": r["dtype"],
-                        "created_at": r["created_at"],
+                        "created_at": _when(r["created_at"]),
                         "text": r["text"][:200], "source": f"team:{f.name}"})
-        out.sort(key=lambda d: d["created_at"], reverse=True)
+        out.sort(key=lambda d: d["created_at"] or datetime.min, reverse=True)
         return out[:limit]
 
     def _rows(self, run_id: str, layer: int | None = None) -> pa.Table:

@@ -42,7 +42,7 @@ def test_download_and_team_folder(tmp_path):
     assert len(buttons) == 1 and "Download 1 run(s)" in buttons[0].proto.label
     captions = " ".join(c.value for c in at.caption)
     assert "come from the team folder" in captions and "1 run(s) listed" in captions
-    assert any("evil.parquet: evil.parquet: not a Parquet file" in t.value for t in at.text)
+    assert any("evil.parquet: not a Parquet file" in t.value for t in at.text)
     # the bundle the button would serve imports into a fresh database
     sys.path.insert(0, str(ROOT / "app"))
     import share_ui
