@@ -54,6 +54,7 @@ def _upload(store) -> None:
             import moyu_ui as ui
 
             ui.clear_run_caches()
+            st.rerun()  # the run list above shows the new runs
     status, value = done[up.file_id]
     if status == "error":
         st.error(f"Not imported. {value}", icon=":material/error:")
