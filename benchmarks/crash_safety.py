@@ -48,6 +48,13 @@ def writer(db: str, seed: int, start: int, words: int) -> None:
     from moyu_core import models, runs
     from moyu_core.store import Store
 
+    put_run = Store.put_run
+
+    def announced_put_run(self, *a, **k):  # the normal write, announced so kills can be classified
+        print("WRITE", flush=True)
+        return put_run(self, *a, **k)
+
+    Store.put_run = announced_put_run
     models.set_threads()
     lm = models.load(models.DEFAULT_MODEL)
     store = Store(db)
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MOYU_DB_TIMEOUT="60")
     acked: list[str] = []
-    begun = killed_mid_capture = kills = 0
+    begun = killed_mid_capture = killed_in_write = kills = 0
     next_i = 0
     t_start = time.monotonic()
     while kills < args.kills or begun < args.min_captures:
@@ -142,17 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait()
         th.join(10)
         kills += 1
-        last_begin = None
+        last_begin, writing = None, False
         for ln in lines:
             if ln.startswith("BEGIN "):
                 begun += 1
-                last_begin = int(ln.split()[1])
+                last_begin, writing = int(ln.split()[1]), False
+            elif ln.startswith("WRITE"):
+                writing = True
             elif ln.startswith("ACK "):
                 acked.append(ln.split()[1])
-                last_begin = None
+                last_begin, writing = None, False
                 next_i = int(ln.split()[2]) + 1
         if last_begin is not None:  # killed inside a capture: the next writer retries that prompt
             killed_mid_capture += 1
+            killed_in_write += writing
             next_i = last_begin
     elapsed = time.monotonic() - t_start
     # the check runs in a fresh process, as a user opening the file after a crash would
@@ -167,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res.update(kills=kills, captures_attempted=begun, killed_mid_capture=killed_mid_capture,
+               killed_in_write=killed_in_write,
                elapsed_s=round(elapsed, 1), db_opens=True)
     ok = res["lost"] == 0 and res["half_written"] == 0 and res["orphan_rows_of"] == 0
     print(f"SIGKILLs injected:            {kills} (random delay 0..{args.max_delay} s after the model loaded)")
-    print(f"captures attempted:           {begun} ({killed_mid_capture} killed mid-capture)")
+    print(f"captures attempted:           {begun} ({killed_mid_capture} killed mid-capture, "
+          f"{killed_in_write} of them inside Store.put_run)")
     print(f"runs acknowledged (committed): {res['acked']}")
     print(f"runs in the database:         {res['runs_in_db']}")
     print(f"database opens:               yes ({res['open_and_check_s']} s to open and check)")

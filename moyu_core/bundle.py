@@ -190,6 +190,10 @@ def check_file(path: str | Path) -> Checked:
     if uncompressed > MAX_UNCOMPRESSED or any(meta.row_group(i).total_byte_size > MAX_ROW_GROUP_BYTES
                                               for i in range(meta.num_row_groups)):
         raise _fail(path, "expands to too much data")
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        if any(rg.column(j).total_uncompressed_size > MAX_ROW_GROUP_BYTES for j in range(rg.num_columns)):
+            raise _fail(path, "expands to too much data")
     kv = meta.metadata or {}
     if set(kv) - {MANIFEST_KEY, b"ARROW:schema"}:
         raise _fail(path, "unexpected metadata keys")
