@@ -179,3 +179,57 @@ def capture(lm: LoadedModel, ids: list[int], mode: str = "sequential",
         got = Captured(cut(got.z), got.attn_received[:, :, p:], got.resid_norm[:, p:],
                        cut(got.z_int8), cut(got.z_scale))
     return got
+
+
+@contextmanager
+def mask_key_attention(lm: LoadedModel, position: int) -> Iterator[None]:
+    """Context manager (experiments: heavy-hitter ablation): in every layer, no later query may
+    attend to key `position` (the token still sees itself and what precedes it). Replaces each
+    attention call's mask by an additive causal mask with that column blocked; batch rows share
+    one length, no padding."""
+
+    def pre(_module, args, kwargs):
+        h = kwargs.get("hidden_states", args[0] if args else None)  # (B, T, d)
+        T = h.shape[1]
+        neg = torch.finfo(h.dtype).min
+        mask = torch.full((T, T), neg, dtype=h.dtype).triu(1)   # (T, T) causal, additive
+        if 0 <= position < T:
+            mask[position + 1:, position] = neg
+        kwargs["attention_mask"] = mask[None, None]
+        return args, kwargs
+
+    with lm.lock:
+        handles = []
+        try:
+            for layer in lm.layers:
+                handles.append(layer.self_attn.register_forward_pre_hook(pre, with_kwargs=True))
+            yield
+        finally:
+            for hd in handles:
+                hd.remove()
+
+
+@torch.inference_mode()
+def capture_mlp_io(lm: LoadedModel, ids: list[int], layers: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One sequential forward; for the chosen layers return the MLP input x (len(layers), T, d)
+    and z, the input of down_proj (len(layers), T, d_ff), float32 (experiments: router training)."""
+    xs: dict[int, torch.Tensor] = {}
+    zs: dict[int, torch.Tensor] = {}
+
+    def x_hook(i):
+        def pre(_m, args):
+            xs[i] = args[0][0].detach().float()
+        return pre
+
+    def z_hook(i):
+        def pre(_m, args):
+            zs[i] = args[0][0].detach().float()
+        return pre
+
+    hooks = []
+    for i in layers:
+        hooks.append((lm.layers[i].mlp, "pre", x_hook(i)))
+        hooks.append((lm.layers[i].mlp.down_proj, "pre", z_hook(i)))
+    with hooked(lm, hooks):
+        lm.model(torch.tensor([list(ids)]), use_cache=False)
+    return (torch.stack([xs[i] for i in layers]).numpy(), torch.stack([zs[i] for i in layers]).numpy())
