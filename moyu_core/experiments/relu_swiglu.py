@@ -59,11 +59,18 @@ class CompareParams:
     seed: int = 0
 
 
+_CORPUS_IDS: dict[tuple, list[int]] = {}
+
+
 def _corpus_ids(tokenizer) -> list[int]:
+    """pydoc_data.topics tokenized with no special tokens (memoised per tokenizer)."""
     from pydoc_data.topics import topics
 
-    text = "\n\n".join(topics[k] for k in sorted(topics))
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+    if key not in _CORPUS_IDS:
+        text = "\n\n".join(topics[k] for k in sorted(topics))
+        _CORPUS_IDS[key] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return _CORPUS_IDS[key]
 
 
 def _split(ids: list[int]) -> tuple[list[int], list[int]]:
