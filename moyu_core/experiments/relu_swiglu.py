@@ -40,7 +40,7 @@ class TrainParams:
     seq_len: int = 128
     batch: int = 8
     steps: int = 1200          # the shared step budget
-    max_minutes: float = 15.0  # wall-clock cap per model; the second model gets the first's steps
+    max_minutes: float = 15.0  # wall-clock cap for the first (ReLU) model; the second gets its steps
     lr: float = 3e-3
     seed: int = 0
     suffix: str = ""           # appended to the model names (tests train their own pair)
@@ -94,7 +94,7 @@ def register_trained() -> list[str]:
 
 
 def _train_one(name: str, act: str, p: TrainParams, tokenizer, train_ids: np.ndarray,
-               held_ids: np.ndarray, steps: int, progress=None) -> dict:
+               held_ids: np.ndarray, steps: int, progress=None, capped: bool = True) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(p.seed)
@@ -108,7 +108,7 @@ def _train_one(name: str, act: str, p: TrainParams, tokenizer, train_ids: np.nda
     t0, done, loss = time.monotonic(), 0, math.nan
     model.train()
     for step in range(steps):
-        if time.monotonic() - t0 > p.max_minutes * 60:
+        if capped and time.monotonic() - t0 > p.max_minutes * 60:
             break
         lr = p.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
@@ -142,26 +142,27 @@ def _train_one(name: str, act: str, p: TrainParams, tokenizer, train_ids: np.nda
 
 
 def train_pair(p: TrainParams = TrainParams(), progress=None, force: bool = False) -> dict:
-    """Train (or reuse) the pair; returns {name: training info}. The ReLU model trains first; the
-    SwiGLU model gets exactly the number of steps the first one completed."""
-    names = model_names(p)
-    infos = {}
-    existing = {n: TRAINED_DIR / n / "moyu_training.json" for n in names}
-    if not force and all(f.exists() for f in existing.values()):
-        for n, f in existing.items():
-            info = json.loads(f.read_text())
-            if info.get("train") == asdict(p):
-                infos[n] = info
-                models.register_model(n, f.parent)
-        if len(infos) == len(names):
-            return {n: {**i, "cached": True} for n, i in infos.items()}
-    tok = models.load("smollm2-135m").tokenizer
-    ids = np.asarray(_corpus_ids(tok), dtype=np.int64)
-    train_ids, held = _split(ids)
-    steps = p.steps
-    for n, act in names.items():
-        infos[n] = _train_one(n, act, p, tok, np.asarray(train_ids), np.asarray(held), steps, progress)
-        steps = infos[n]["steps"]  # same budget for the second model
+    """Train (or reuse) the pair; returns {name: training info}. The ReLU model trains first, under
+    the wall-clock cap; the SwiGLU model then gets exactly the number of steps the first completed
+    (no cap), so both have the same step budget. A stored model is reused when its training
+    parameters match (and, for the second, its step count equals the first's)."""
+    infos: dict = {}
+    data = None
+    steps = None  # None: the first model, capped by max_minutes
+    for n, act in model_names(p).items():
+        f = TRAINED_DIR / n / "moyu_training.json"
+        info = json.loads(f.read_text()) if f.exists() and not force else None
+        if info and info.get("train") == asdict(p) and (steps is None or info["steps"] == steps):
+            models.register_model(n, f.parent)
+            infos[n] = {**info, "cached": True}
+        else:
+            if data is None:
+                tok = models.load("smollm2-135m").tokenizer
+                train_ids, held = _split(_corpus_ids(tok))
+                data = (tok, np.asarray(train_ids, dtype=np.int64), np.asarray(held, dtype=np.int64))
+            infos[n] = _train_one(n, act, p, data[0], data[1], data[2], p.steps if steps is None else steps, progress,
+                                  capped=steps is None)
+        steps = infos[n]["steps"]
     return infos
 
 
