@@ -1,0 +1,69 @@
+"""DA methods behind one registry: name -> class; `make(name, **params)`; `keep_masks`."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ..errors import MoyuError
+from .base import Method
+from .cats import Cats
+from .cett import Cett
+from .dejavu import Dejavu
+from .dense import Dense
+from .griffin import Griffin
+from .moe import Moe
+from .oracle import Oracle
+from .static import Static
+from .tda import Tda
+
+REGISTRY: dict[str, type] = {c.name: c for c in (Dense, Oracle, Tda, Cats, Cett, Dejavu, Griffin, Moe, Static)}
+
+
+def make(name: str, **params) -> Method:
+    """Build a method by name; unknown name or parameter -> MoyuError listing the valid ones."""
+    if name not in REGISTRY:
+        raise MoyuError(f"unknown method {name!r}; valid: {', '.join(REGISTRY)}")
+    cls = REGISTRY[name]
+    valid = [f.name for f in dataclasses.fields(cls.Params)]
+    bad = [k for k in params if k not in valid]
+    if bad:
+        raise MoyuError(f"method {name!r} has no parameter {bad[0]!r}; valid: {', '.join(valid) or '(none)'}")
+    try:
+        p = cls.Params(**params)
+    except (TypeError, ValueError) as e:
+        raise MoyuError(f"bad parameters for {name!r}: {e}") from None
+    return cls(p)
+
+
+@torch.inference_mode()
+def masked_logits(lm, method: Method, ids: list[int], apply: bool = True) -> tuple[torch.Tensor, np.ndarray]:
+    """One forward of ids with method's masks applied to z at every layer (apply=False: the
+    forward stays dense and masks are decided on dense activations).
+    Returns logits (T, vocab) and masks bool (L, T, d_ff)."""
+    from ..hooks import gate_intervention, mlp_intervention
+    gates: dict[int, torch.Tensor] = {}
+    masks: list[np.ndarray | None] = [None] * lm.n_layers
+
+    def on_gate(i, g):
+        gates[i] = g[0].detach()
+        return None
+
+    def on_z(i, z):
+        m = method.select(i, z[0].detach(), gates[i], lm)     # (T, d_ff)
+        masks[i] = m.numpy()
+        return z * m.to(z.dtype)[None] if apply else None
+
+    with gate_intervention(lm, on_gate), mlp_intervention(lm, on_z):
+        out = lm.model(torch.tensor([ids]), use_cache=False)
+    return out.logits[0].float(), np.stack(masks)
+
+
+def keep_masks(lm, method: Method, ids: list[int]) -> np.ndarray:
+    """bool (L, T, d_ff): neurons the method keeps for each token of the prompt, decided on the
+    dense forward (griffin's prompt runs dense; drawn against the oracle on the same z)."""
+    return masked_logits(lm, method, ids, apply=False)[1]
+
+
+__all__ = ["REGISTRY", "make", "keep_masks", "masked_logits", "Method"]

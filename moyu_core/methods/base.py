@@ -1,0 +1,45 @@
+"""Base class of DA methods: a method decides which MLP neurons to keep, nothing else."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import MoyuError
+
+
+@dataclass(frozen=True)
+class KeepParams:
+    keep: float = 0.5  # fraction of d_ff neurons kept
+
+    def __post_init__(self):
+        if not 0.0 < float(self.keep) <= 1.0:
+            raise MoyuError(f"keep must be in (0, 1], got {self.keep}")
+
+
+class Method:
+    """select(layer, z (T, d_ff), gate (T, d_ff), lm) -> bool mask (T, d_ff) of kept neurons."""
+
+    name = "base"
+    Params: type = KeepParams
+
+    def __init__(self, params):
+        self.params = params
+
+    def describe(self) -> dict:
+        return {"name": self.name, "params": dataclasses.asdict(self.params),
+                "doc": (type(self).__doc__ or "").strip().splitlines()[0]}
+
+    def select(self, layer: int, z: torch.Tensor, gate: torch.Tensor, lm) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def topk_mask(score: torch.Tensor, keep: float) -> torch.Tensor:
+    """Bool mask keeping the top ceil(keep * n) entries of the last dim of score."""
+    n = score.shape[-1]
+    k = max(1, int(round(keep * n)))
+    if k >= n:
+        return torch.ones_like(score, dtype=torch.bool)
+    idx = score.topk(k, dim=-1).indices
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True)

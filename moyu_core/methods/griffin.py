@@ -1,0 +1,28 @@
+"""griffin: training-free sequence-level top-k by the flocking statistic (Dong et al. 2024)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import KeepParams, Method, topk_mask
+
+
+def flocking_score(z) -> torch.Tensor:
+    """s_j = || Z[:, j] / ||Z[t, :]|| || over prompt tokens: rows L2-normalised, then the L2 norm
+    over tokens. z: (T, d_ff) array or tensor -> (d_ff,)."""
+    z = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z).float()
+    zn = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)   # (T, d_ff)
+    return zn.norm(dim=0)                                     # (d_ff,)
+
+
+class Griffin(Method):
+    """GRIFFIN (Dong et al. 2024): the prompt runs dense; per layer keep topk(flocking_score of
+    the prompt's z, keep*d_ff) for every token. Choice: in keep_masks the prompt is the whole
+    given sequence, so every token shares one mask; keep 1.0 keeps all neurons."""
+
+    name = "griffin"
+    Params = KeepParams
+
+    def select(self, layer, z, gate, lm):
+        m = topk_mask(flocking_score(z), self.params.keep)   # (d_ff,)
+        return m.expand(z.shape[0], -1).clone()

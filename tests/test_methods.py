@@ -1,0 +1,67 @@
+"""Methods: registry errors, identity at keep 1.0 on the real model, griffin's flocking statistic,
+no hook left behind."""
+import numpy as np
+import pytest
+import torch
+
+from moyu_core.errors import MoyuError
+from moyu_core.hooks import hook_count
+from moyu_core.methods import REGISTRY, keep_masks, make, masked_logits
+from moyu_core.methods.griffin import flocking_score
+
+TEXT = "The quick brown fox jumps over the lazy dog because it wants to reach the river before dark."
+FULL = {"dense": {}, "oracle": {"keep": 1.0}, "tda": {"keep": 1.0}, "cats": {"keep": 1.0},
+        "cett": {"cett": 0.0}, "dejavu": {"keep": 1.0}, "griffin": {"keep": 1.0},
+        "moe": {"keep": 1.0}, "static": {"keep": 1.0}}
+
+
+def test_registry_errors():
+    assert set(REGISTRY) == set(FULL)
+    with pytest.raises(MoyuError, match="valid"):
+        make("nope")
+    with pytest.raises(MoyuError, match="valid"):
+        make("griffin", kep=0.5)
+    with pytest.raises(MoyuError):
+        make("griffin", keep=1.5)
+
+
+def test_identity_every_method_real_model(lm):
+    ids = lm.encode(TEXT)
+    with torch.inference_mode():
+        dense = lm.model(torch.tensor([ids]), use_cache=False).logits[0].float()
+    for name, params in FULL.items():
+        logits, masks = masked_logits(lm, make(name, **params), ids)
+        assert masks.shape == (lm.n_layers, len(ids), lm.d_ff) and masks.all(), name
+        assert torch.equal(logits, dense), name
+    assert hook_count(lm.model) == 0
+
+
+def test_griffin_keeps_flocking_topk(lm):
+    from moyu_core.hooks import capture
+    ids = lm.encode(TEXT)
+    z = capture(lm, ids).z                                   # (L, T, d_ff)
+    masks = keep_masks(lm, make("griffin", keep=0.25), ids)
+    k = round(0.25 * lm.d_ff)
+    for layer in (0, lm.n_layers // 2, lm.n_layers - 1):
+        zl = z[layer].astype(np.float64)
+        s = np.linalg.norm(zl / np.linalg.norm(zl, axis=1, keepdims=True), axis=0)
+        direct = set(np.argsort(-s)[:k].tolist())
+        chosen = set(np.flatnonzero(masks[layer, 0]).tolist())
+        assert len(direct & chosen) >= k - 2          # float ties at the boundary only
+        assert (masks[layer] == masks[layer, 0]).all()
+    assert torch.allclose(flocking_score(z[0]), torch.as_tensor(np.linalg.norm(
+        z[0] / np.linalg.norm(z[0], axis=1, keepdims=True), axis=0)), atol=1e-5)
+
+
+def test_sparse_methods_keep_about_keep(lm):
+    ids = lm.encode(TEXT)
+    for name in ("oracle", "tda", "cats", "griffin", "moe", "static"):
+        m = keep_masks(lm, make(name, keep=0.5), ids)
+        assert abs(m[:, 1:].mean() - 0.5) < 0.05, name
+
+
+def test_no_hook_left_after_error(lm):
+    ids = lm.encode(TEXT)
+    with pytest.raises(MoyuError):
+        keep_masks(lm, make("dejavu", keep=0.5), ids)
+    assert hook_count(lm.model) == 0
