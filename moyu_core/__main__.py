@@ -13,7 +13,8 @@ import sys
 
 from .errors import MoyuError
 
-COMMANDS = ["capture", "runs", "export", "import_bundle", "inertia", "hh_ablation", "relu_swiglu", "applicability", "eval", "generate"]
+COMMANDS = ["capture", "runs", "export", "import_bundle", "inertia", "hh_ablation", "relu_swiglu", "applicability", "eval", "generate",
+            "train_router"]
 COMMAND_NAMES = {"import_bundle": "import"}  # module name -> subcommand (`import` is a keyword)
 
 

@@ -4,18 +4,31 @@ from __future__ import annotations
 import torch
 
 from ..errors import MoyuError
-from .base import KeepParams, Method
+from .base import KeepParams, Method, topk_mask
 
 
 class Dejavu(Method):
-    """DejaVu (Liu et al. 2023): per layer a predictor Linear(d, r) -> Linear(r, d_ff) trained on
-    stored activations keeps the top-k of its logits. Router training is NOT implemented yet:
-    keep 1.0 keeps everything, lower keep raises MoyuError."""
+    """DejaVu (Liu et al. 2023, "Deja Vu: Contextual Sparsity for Efficient LLMs at Inference
+    Time"): per layer a predictor Linear(d, r) -> Linear(r, d_ff), no bias, reads the MLP input x
+    and keeps the top-k (k = keep * d_ff) of its logits for each token. Choices: the router is
+    trained by `moyu_core.router.train` on activation history in the store (labels: |z| in the
+    token's top 50%, weighted BCE with pos_weight 2 favouring recall; r = max(64, d_ff // 4))
+    and read from one safetensors file per model; it sees x of the same layer (the paper looks
+    one layer ahead to overlap prediction with compute, which only matters for executed timings);
+    top-k rather than a threshold so that keep is the exact kept fraction, as for the other
+    methods; keep 1.0 keeps everything without needing a router."""
 
     name = "dejavu"
     Params = KeepParams
 
-    def select(self, layer, z, gate, lm):
+    def select(self, layer, z, gate, lm, x=None):
         if self.params.keep >= 1.0:
             return torch.ones_like(z, dtype=torch.bool)
-        raise MoyuError("dejavu: no trained router yet (router training is not implemented)")
+        if x is None:
+            raise MoyuError("dejavu needs the MLP input x; this caller passed none")
+        from ..router import load_router
+        router = load_router(lm)
+        if router is None:
+            raise MoyuError(f"dejavu: no trained router for {lm.name}; run `python -m moyu_core "
+                            f"train-router --model {lm.name}` (or the app's Train router button)")
+        return topk_mask(router.logits(layer, x), self.params.keep)
