@@ -56,16 +56,15 @@ def db_path() -> str:
 
 
 def store():
-    from moyu_core.store import Store
-
     return _store(db_path())
 
 
 @st.cache_resource(show_spinner=False)
 def _store(path: str):
-    from moyu_core.store import Store
+    """The local DuckDB store, layered over the team folder of bundles when MOYU_TEAM_DIR is set."""
+    from moyu_core.bundle import open_store
 
-    return Store(path)
+    return open_store(path)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

@@ -209,7 +209,7 @@ def speedup_ceiling(mlp_share: float, keep: float) -> float:
 # ---- stored metrics for the comparison chart ----------------------------------------------------
 
 SPEED_KINDS = ("speed", "decode_speed", "pareto", "decode")
-_SPEED_KEYS = ("speedup", "median_ratio", "ratio", "speed_up")
+_SPEED_KEYS = ("speedup", "speedup_median", "median_ratio", "ratio", "speed_up")
 
 
 def _keep_of(params: dict, result: dict):

@@ -1,8 +1,14 @@
-"""Lean greedy KV-cache decode loop (batch 1) with executed sparse MLPs for prompt-fixed methods.
+"""Lean greedy KV-cache decode loop (batch 1) with executed sparse MLPs.
 
-griffin / static: after the dense prompt, each layer's gate/up/down are replaced for the decode
-by pre-sliced nn.Linear copies (the skipped weights are really not read: "executed"). Other
-methods run masked ("simulated") in this version; their gathered-column path is not done yet.
+The prompt always runs dense. For the decode, every timing is labelled:
+
+- *executed*, sequence-level methods (griffin, static): each layer's gate/up/down are replaced by
+  pre-sliced `nn.Linear` copies holding only the kept neurons.
+- *executed*, per-token methods (tda, cats, cett, dejavu, moe, oracle): each layer's MLP is
+  replaced by `GatheredMLP`, which per token reads only what the method needs to decide (the
+  full gate for z- or gate-based methods, nothing for a router on x) and then only the kept
+  neurons' rows of `up_proj`/`gate_proj` and of `W_down^T` (an `embedding_bag` weighted sum).
+- *simulated*: the dense MLP runs and z is masked (quality only, nothing saved).
 """
 from __future__ import annotations
 
@@ -10,9 +16,13 @@ import time
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
-from .hooks import mlp_intervention
+from .errors import MoyuError
+from .hooks import method_intervention
 from .methods import Method, make
+
+_DOWN_T: dict[tuple, torch.Tensor] = {}
 
 
 def _sliced(lin: torch.nn.Linear, idx: torch.Tensor, dim: int) -> torch.nn.Linear:
@@ -23,92 +33,151 @@ def _sliced(lin: torch.nn.Linear, idx: torch.Tensor, dim: int) -> torch.nn.Linea
 
 
 @contextmanager
-def sliced_mlps(lm, keep_idx: list[torch.Tensor]):
-    """Temporarily swap every layer's MLP linears for ones sliced to keep_idx[layer]; restored in finally."""
+def swapped_mlps(lm, make_mlp):
+    """Temporarily replace every layer's MLP by make_mlp(layer_index, mlp); restored in finally."""
     with lm.lock:
-        saved = []
+        saved = [layer.mlp for layer in lm.layers]
         try:
-            for layer, idx in zip(lm.layers, keep_idx):
-                m = layer.mlp
-                saved.append((m, m.gate_proj, m.up_proj, m.down_proj))
-                m.gate_proj = _sliced(m.gate_proj, idx, 0)
-                m.up_proj = _sliced(m.up_proj, idx, 0)
-                m.down_proj = _sliced(m.down_proj, idx, 1)
+            for i, layer in enumerate(lm.layers):
+                layer.mlp = make_mlp(i, layer.mlp)
             yield
         finally:
-            for m, g, u, d in saved:
-                m.gate_proj, m.up_proj, m.down_proj = g, u, d
+            for layer, mlp in zip(lm.layers, saved):
+                layer.mlp = mlp
+
+
+class SlicedMLP(torch.nn.Module):
+    """The MLP restricted to neurons idx: pre-sliced gate/up rows and down columns."""
+
+    def __init__(self, mlp, idx: torch.Tensor):
+        super().__init__()
+        self.gate_proj, self.up_proj = _sliced(mlp.gate_proj, idx, 0), _sliced(mlp.up_proj, idx, 0)
+        self.down_proj, self.act_fn = _sliced(mlp.down_proj, idx, 1), mlp.act_fn
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def sliced_mlps(lm, keep_idx: list[torch.Tensor]):
+    """Every layer's MLP sliced to keep_idx[layer] for the duration of the context."""
+    return swapped_mlps(lm, lambda i, mlp: SlicedMLP(mlp, keep_idx[i]))
+
+
+def _down_t(lm, i: int, mlp) -> torch.Tensor:
+    """W_down transposed to (d_ff, d), contiguous, so a neuron's output column is one row."""
+    key = (lm.name, str(lm.fingerprint), i)
+    if key not in _DOWN_T:
+        _DOWN_T[key] = mlp.down_proj.weight.detach().T.contiguous()
+    return _DOWN_T[key]
+
+
+class GatheredMLP(torch.nn.Module):
+    """Per-token executed sparse MLP for batch-1 decode (one token per call; longer inputs run
+    dense). The method's `needs` says what it decides from: "z" (gate and up dense, down
+    gathered), "gate" (gate dense, up and down gathered), "x" (router on the MLP input: gate, up
+    and down all gathered)."""
+
+    def __init__(self, lm, i: int, mlp, method: Method):
+        super().__init__()
+        self.lm, self.i, self.mlp, self.method = lm, i, mlp, method
+        self.wg, self.wu = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()
+        self.wd_t = _down_t(lm, i, mlp)
+        self.needs = getattr(method, "needs", "z")
+
+    def forward(self, x):
+        if x.shape[0] != 1 or x.shape[1] != 1:
+            return self.mlp(x)
+        h = x[0]                                                    # (1, d)
+        act = self.mlp.act_fn
+        if self.needs == "x":
+            idx = self.method.select(self.i, None, None, self.lm, h)[0].nonzero()[:, 0]
+            z = act(F.embedding(idx, self.wg) @ h[0]) * (F.embedding(idx, self.wu) @ h[0])
+        elif self.needs == "gate":
+            g = act(h @ self.wg.T)                                  # (1, d_ff), dense
+            idx = self.method.select(self.i, None, g, self.lm, h)[0].nonzero()[:, 0]
+            z = g[0, idx] * (F.embedding(idx, self.wu) @ h[0])
+        else:
+            g = act(h @ self.wg.T)
+            zf = g * (h @ self.wu.T)                                # (1, d_ff), dense
+            idx = self.method.select(self.i, zf, g, self.lm, h)[0].nonzero()[:, 0]
+            z = zf[0, idx]
+        out = F.embedding_bag(idx[None], self.wd_t, per_sample_weights=z[None], mode="sum")
+        return out[None]                                            # (1, 1, d)
 
 
 @torch.inference_mode()
-def _loop(lm, ids: list[int], n: int, prompt_hook=None, decode_ctx=None):
+def _loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
     x = torch.tensor([ids])
     t0 = time.perf_counter()
-    if prompt_hook is not None:
-        with mlp_intervention(lm, prompt_hook):
+    if prompt_ctx is not None:
+        with prompt_ctx():
             out = lm.model(x, use_cache=True)
     else:
         out = lm.model(x, use_cache=True)
     prefill = time.perf_counter() - t0
     past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
     toks = [tok]
-    ctx = decode_ctx() if decode_ctx else None
-    if ctx:
-        ctx.__enter__()
-    try:
+    with decode_ctx() if decode_ctx else _nothing():
         t1 = time.perf_counter()
         for _ in range(n - 1):
             out = lm.model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
             past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
             toks.append(tok)
         dt = time.perf_counter() - t1
-    finally:
-        if ctx:
-            ctx.__exit__(None, None, None)
     return toks, prefill, dt
 
 
-def generate(lm, text: str, method: Method | None = None, max_new_tokens: int = 64,
+@contextmanager
+def _nothing():
+    yield
+
+
+def generate(lm, text: str | list[int], method: Method | None = None, max_new_tokens: int = 64,
              executed: bool = True) -> dict:
-    """Greedy decode; the prompt runs dense. Returns text, tokens, prefill_ms,
-    decode_tokens_per_s, label ('executed' | 'simulated')."""
+    """Greedy decode of max_new_tokens after a dense prompt (text, or token ids used as given).
+    Returns method, params, keep, text, tokens, n_tokens, prefill_ms, decode_tokens_per_s, label
+    ('executed' | 'simulated')."""
     method = method or make("dense")
-    ids = lm.encode(text)
-    fixed = method.name in ("griffin", "static")
-    keep = getattr(method.params, "keep", 1.0)
+    if not 1 <= int(max_new_tokens) <= 4096:
+        raise MoyuError(f"max_new_tokens must be in [1, 4096], got {max_new_tokens}")
+    ids = lm.encode(text) if isinstance(text, str) else list(lm.bos_ids) + list(text)
+    method.prepare(lm)
     state: dict[int, torch.Tensor] = {}
 
-    def prompt_hook(i, z):
-        if fixed:
-            m = method.select(i, z[0].detach(), None, lm)[0]
-            state[i] = m.nonzero().flatten()
-        return None
+    def prompt_ctx():   # sequence-level methods decide their neurons on the dense prompt
+        def fn(i, z, gate, x):
+            state[i] = method.select(i, z[0].detach(), gate, lm, x)[-1].nonzero()[:, 0]
+        return method_intervention(lm, fn)
 
-    label = "executed" if method.name == "dense" or (fixed and executed) else "simulated"
+    def masked():       # simulated: the dense MLP runs, z is masked
+        def fn(i, z, gate, x):
+            if method.sequence_level:
+                m = torch.zeros(z.shape[-1], dtype=z.dtype)
+                m[state[i]] = 1
+                return z * m
+            return z * method.select(i, z[0, -1:], gate[-1:], lm, x[-1:]).to(z.dtype)[None]
+        return method_intervention(lm, fn)
+
     if method.name == "dense":
-        toks, pre, dt = _loop(lm, ids, max_new_tokens)
-    elif fixed and executed:
-        toks, pre, dt = _loop(lm, ids, max_new_tokens, prompt_hook,
+        label, (toks, pre, dt) = "executed", _loop(lm, ids, max_new_tokens)
+    elif not executed:
+        label = "simulated"
+        toks, pre, dt = _loop(lm, ids, max_new_tokens, prompt_ctx if method.sequence_level else None, masked)
+    elif method.sequence_level:
+        label = "executed"
+        toks, pre, dt = _loop(lm, ids, max_new_tokens, prompt_ctx,
                               lambda: sliced_mlps(lm, [state[i] for i in range(lm.n_layers)]))
-    elif fixed:
-        def masked():
-            def fn(i, z):
-                mask = torch.zeros(z.shape[-1], dtype=z.dtype)
-                mask[state[i]] = 1
-                return z * mask
-            return mlp_intervention(lm, fn)
-        toks, pre, dt = _loop(lm, ids, max_new_tokens, prompt_hook, masked)
     else:
-        from .hooks import gate_intervention
-        gates: dict[int, torch.Tensor] = {}
-
-        def per_token():
-            from contextlib import ExitStack
-            st = ExitStack()
-            st.enter_context(gate_intervention(lm, lambda i, g: gates.__setitem__(i, g[0, -1:].detach())))
-            st.enter_context(mlp_intervention(lm, lambda i, z: z * method.select(i, z[0, -1:], gates[i], lm).to(z.dtype)[None]))
-            return st
-        toks, pre, dt = _loop(lm, ids, max_new_tokens, None, per_token)
-    return {"method": method.name, "keep": keep, "text": lm.tokenizer.decode(toks), "tokens": toks,
-            "n_tokens": len(toks), "prefill_ms": pre * 1000,
+        label = "executed"
+        toks, pre, dt = _loop(lm, ids, max_new_tokens, None,
+                              lambda: swapped_mlps(lm, lambda i, mlp: GatheredMLP(lm, i, mlp, method)))
+    keep = getattr(method.params, "keep", None)
+    return {"method": method.name, "params": _params(method), "keep": 1.0 if keep is None else keep,
+            "text": lm.tokenizer.decode(toks), "tokens": toks, "n_tokens": len(toks),
+            "prefill_ms": pre * 1000,
             "decode_tokens_per_s": (len(toks) - 1) / dt if dt > 0 else float("nan"), "label": label}
+
+
+def _params(method: Method) -> dict:
+    import dataclasses
+    return dataclasses.asdict(method.params)

@@ -8,14 +8,20 @@ import math
 import numpy as np
 import torch
 
+from .errors import MoyuError
 from .methods import Method
+
+
+_CORPUS: dict[tuple, list[int]] = {}
 
 
 def corpus_ids(lm) -> list[int]:
     """pydoc_data.topics texts sorted by key, joined with blank lines, no special tokens."""
-    from pydoc_data.topics import topics
-    text = "\n\n".join(topics[k] for k in sorted(topics))
-    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    key = (lm.name, str(lm.fingerprint))
+    if key not in _CORPUS:
+        from .corpora import pydoc_topics
+        _CORPUS[key] = lm.tokenizer(pydoc_topics(), add_special_tokens=False)["input_ids"]
+    return _CORPUS[key]
 
 
 def windows_of(ids: list[int], windows: int, length: int) -> list[list[int]]:
@@ -26,29 +32,24 @@ def windows_of(ids: list[int], windows: int, length: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def _window(lm, method: Method, ids: list[int], P: int):
-    from .hooks import gate_intervention, mlp_intervention
-    x = torch.tensor([list(lm.bos_ids) + ids]) if getattr(lm, "bos_ids", None) else torch.tensor([ids])
-    off = x.shape[1] - len(ids)
-    P = P + off
+    from .hooks import method_intervention
+    x = torch.tensor([list(lm.bos_ids) + ids])
+    P = P + len(lm.bos_ids)
     dense = lm.model(x, use_cache=False).logits[0, P - 1:-1].float()    # (G, V)
-    gates: dict[int, torch.Tensor] = {}
     kept: list[float] = [0.0] * lm.n_layers
 
-    def on_gate(i, g):
-        gates[i] = g[0].detach()
-
-    def on_z(i, z):
+    def on_z(i, z, gate, h):
         zz = z[0].detach()
-        if getattr(method, "sequence_level", False) or method.name in ("griffin",):
-            m = method.select(i, zz[:P], gates[i][:P], lm)[:1].expand(zz.shape[0] - P, -1)
+        if method.sequence_level:   # decided once from the dense prompt, kept for the continuation
+            m = method.select(i, zz[:P], gate[:P], lm, h[:P])[:1].expand(zz.shape[0] - P, -1)
         else:
-            m = method.select(i, zz, gates[i], lm)[P:]
+            m = method.select(i, zz, gate, lm, h)[P:]
         kept[i] = float(m.float().mean())
-        full = torch.ones_like(zz, dtype=z.dtype)
+        full = torch.ones_like(zz)
         full[P:] = m.to(z.dtype)
         return z * full[None]
 
-    with gate_intervention(lm, on_gate), mlp_intervention(lm, on_z):
+    with method_intervention(lm, on_z):
         logits = lm.model(x, use_cache=False).logits[0, P - 1:-1].float()
     tgt = x[0, P:]
     nll = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum").item()
@@ -59,18 +60,43 @@ def _window(lm, method: Method, ids: list[int], P: int):
     return nll, dnll, kl, agree, kept
 
 
+def free_generation(lm, method: Method, prompt_ids: list[int], tokens: int) -> dict:
+    """Greedy `tokens` after the prompt, dense and with the method (masked: quality only)."""
+    from .decode import generate
+    from .methods import make
+    d = generate(lm, prompt_ids, make("dense"), tokens)
+    m = generate(lm, prompt_ids, method, tokens, executed=False)
+    same = sum(a == b for a, b in zip(d["tokens"], m["tokens"]))
+    first = next((i for i, (a, b) in enumerate(zip(d["tokens"], m["tokens"])) if a != b), len(d["tokens"]))
+    return {"dense_text": d["text"], "text": m["text"], "token_agreement": same / max(1, len(d["tokens"])),
+            "tokens_until_divergence": first, "tokens": tokens}
+
+
+def _check(lm, windows: int, prompt_len: int, gen_len: int, free_tokens: int) -> None:
+    if not 1 <= windows <= 256:
+        raise MoyuError(f"windows must be in [1, 256], got {windows}")
+    if prompt_len < 1 or gen_len < 1 or prompt_len + gen_len > 4096:
+        raise MoyuError(f"need prompt_len >= 1, gen_len >= 1, prompt_len + gen_len <= 4096; "
+                        f"got {prompt_len} + {gen_len}")
+    if not 0 <= free_tokens <= 1024:
+        raise MoyuError(f"free_tokens must be in [0, 1024], got {free_tokens}")
+
+
 def evaluate(lm, method: Method, store=None, windows: int = 12, prompt_len: int = 256,
-             gen_len: int = 64, progress=None) -> dict:
+             gen_len: int = 64, progress=None, free_tokens: int = 0) -> dict:
     """Continuation ppl, ppl ratio to dense, KL(dense||method), top-1 agreement, measured sparsity
-    (share of z entries zeroed at continuation positions), per-layer sparsity."""
+    (share of z entries zeroed at continuation positions), per-layer sparsity; with free_tokens,
+    also free greedy generation from the first window's prompt (text, agreement with dense)."""
+    _check(lm, windows, prompt_len, gen_len, free_tokens)
     params = dataclasses.asdict(method.params)
-    key = {"model": lm.fingerprint, "method": method.name, "params": params,
-           "windows": windows, "prompt_len": prompt_len, "gen_len": gen_len, "v": 1}
+    key = {"model": lm.fingerprint, "method": method.name, "params": params, "windows": windows,
+           "prompt_len": prompt_len, "gen_len": gen_len, "free_tokens": free_tokens, "v": 2}
     if store is not None:
         hit = store.get_result("eval", key)
         if hit is not None:
             return hit
     wins = windows_of(corpus_ids(lm), windows, prompt_len + gen_len)
+    method.prepare(lm)
     nll = dnll = kl = agree = 0.0
     kept = np.zeros(lm.n_layers)
     for w, ids in enumerate(wins):
@@ -85,6 +111,8 @@ def evaluate(lm, method: Method, store=None, windows: int = 12, prompt_len: int 
            "ppl_ratio": ppl / dppl, "kl": kl / len(wins), "top1_agree": agree / len(wins),
            "sparsity": float(np.mean(per_layer)), "per_layer": per_layer,
            "windows": windows, "prompt_len": prompt_len, "gen_len": gen_len}
+    if free_tokens:
+        res["free_generation"] = free_generation(lm, method, wins[0][:prompt_len], free_tokens)
     if store is not None:
         store.put_result("eval", key, res, model=lm.name, method=method.name)
     return res

@@ -84,6 +84,35 @@ def gate_intervention(lm: LoadedModel, fn: MlpFn):
     return hooked(lm, [(layer.mlp.act_fn, "post", make(i)) for i, layer in enumerate(lm.layers)])
 
 
+def method_intervention(lm: LoadedModel, fn: Callable) -> Iterator[None]:
+    """Context manager for DA methods: per layer, `fn(i, z, gate, x)` sees the down_proj input z,
+    act(gate_proj(x)) and the MLP input x (batch 0, detached) and may return a replacement z."""
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def x_pre(i):
+        def pre(_m, args):
+            seen[i] = {"x": args[0][0].detach()}
+        return pre
+
+    def gate_post(i):
+        def post(_m, _args, out):
+            seen[i]["gate"] = out[0].detach()
+        return post
+
+    def z_pre(i):
+        def pre(_m, args):
+            new = fn(i, args[0], seen[i]["gate"], seen[i]["x"])
+            if new is not None:
+                return (new,) + tuple(args[1:])
+        return pre
+
+    hooks = []
+    for i, layer in enumerate(lm.layers):
+        hooks += [(layer.mlp, "pre", x_pre(i)), (layer.mlp.act_fn, "post", gate_post(i)),
+                  (layer.mlp.down_proj, "pre", z_pre(i))]
+    return hooked(lm, hooks)
+
+
 class _Recorder:
     """Collects z, attention received and residual norms at chosen positions of each sequence."""
 

@@ -10,7 +10,7 @@ Choices (all recorded in the file's metadata and the stored report):
   lost about one point of recall against d_ff // 4.
 - History = the dense, sequential, prefix-free runs of this model (same fingerprint) in the store,
   taken in run_id order until `min_tokens`. If there are fewer, `ensure_history` captures chunks
-  of stdlib docstrings (`HISTORY_MODULES`, ~256 tokens each) with `runs.capture_run`, so they are
+  of stdlib docstrings (`corpora.DOC_MODULES`, ~256 tokens each) with `runs.capture_run`, so they are
   stored like any other run. They are disjoint from the evaluation corpus (pydoc_data.topics).
 - Inputs x = the input of `layer.mlp` (the post-attention RMSNorm output), recomputed by one
   forward over each history run's stored token ids (`hooks.capture_mlp_io`). Labels come from the
@@ -32,13 +32,10 @@ Choices (all recorded in the file's metadata and the stored report):
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,6 +43,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .corpora import stdlib_docstrings
 from .errors import MoyuError
 
 FORMAT = "moyu-dejavu-router"
@@ -63,17 +61,6 @@ HELDOUT_LEN = 256
 CHUNK_TOKENS = 256
 # the quality protocol's windows (evaluate.evaluate defaults): held-out windows sit between them
 EVAL_WINDOWS, EVAL_LEN = 12, 256 + 64
-# a fixed, sorted list of pure-Python stdlib modules whose docstrings make the history text
-HISTORY_MODULES = (
-    "argparse", "ast", "base64", "bisect", "calendar", "collections", "configparser", "contextlib",
-    "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fnmatch",
-    "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip", "heapq", "hmac",
-    "html", "http", "imaplib", "inspect", "ipaddress", "json", "locale", "logging", "mailbox",
-    "numbers", "optparse", "pathlib", "pickle", "pprint", "queue", "quopri", "random", "re",
-    "sched", "secrets", "shlex", "shutil", "smtplib", "statistics", "string", "subprocess",
-    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback", "typing",
-    "unittest", "uuid", "warnings", "wave", "weakref", "zipfile",
-)
 
 Progress = Callable[[float, str], None]
 
@@ -146,22 +133,8 @@ def load_router(lm) -> Router | None:
 # ---- history -----------------------------------------------------------------------------------
 
 def history_texts(lm, chunk_tokens: int = CHUNK_TOKENS) -> list[str]:
-    """Docstrings of HISTORY_MODULES (module, then public members by name), control characters
-    replaced by spaces, grouped by paragraph into chunks of about `chunk_tokens` tokens."""
-    parts = []
-    with warnings.catch_warnings():  # e.g. typing.io is deprecated: touching it warns
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for name in HISTORY_MODULES:
-            mod = importlib.import_module(name)
-            docs = [inspect.getdoc(mod)]
-            for attr in sorted(dir(mod)):
-                obj = getattr(mod, attr, None)
-                if not attr.startswith("_") and getattr(obj, "__module__", None) == name:
-                    docs.append(inspect.getdoc(obj))
-            parts += [d for d in docs if d]
-    text = "\n\n".join(parts)
-    text = "".join(c if c in "\n\t" or (32 <= ord(c) < 0x7F or ord(c) >= 0xA0) and not 0xD800 <= ord(c) <= 0xDFFF
-                   else " " for c in text)
+    """corpora.stdlib_docstrings() grouped by paragraph into chunks of about `chunk_tokens` tokens."""
+    text = stdlib_docstrings()
     chunks, cur, n = [], [], 0
     for para in text.split("\n\n"):
         if not para.strip():

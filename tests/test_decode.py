@@ -22,3 +22,33 @@ def test_dense_matches_hf_generate(lm):
     with torch.inference_mode():
         ref = lm.model.generate(torch.tensor([lm.encode(TEXT)]), max_new_tokens=8, do_sample=False)
     assert d["tokens"] == ref[0, -8:].tolist()
+
+
+def test_gathered_per_token_methods_equal_masked(lm):
+    """Executed per-token paths (gathered rows) give the tokens of the masked (simulated) run,
+    and every layer's MLP is restored afterwards."""
+    mlps = [layer.mlp for layer in lm.layers]
+    for name in ("tda", "cats", "cett", "moe", "oracle"):
+        m = make(name, keep=0.5)
+        a = generate(lm, TEXT, m, max_new_tokens=6, executed=True)
+        b = generate(lm, TEXT, m, max_new_tokens=6, executed=False)
+        assert (a["label"], b["label"]) == ("executed", "simulated"), name
+        assert a["tokens"] == b["tokens"], name
+    assert [layer.mlp for layer in lm.layers] == mlps and hook_count(lm.model) == 0
+
+
+def test_mlps_restored_when_a_method_raises(lm):
+    from moyu_core.errors import MoyuError
+    from moyu_core.methods.base import Method
+
+    class Boom(Method):
+        name = "boom"
+
+        def select(self, layer, z, gate, lm, x=None):
+            raise MoyuError("boom")
+
+    mlps = [layer.mlp for layer in lm.layers]
+    import pytest
+    with pytest.raises(MoyuError):
+        generate(lm, TEXT, Boom(make("oracle").params), max_new_tokens=3, executed=True)
+    assert [layer.mlp for layer in lm.layers] == mlps and hook_count(lm.model) == 0

@@ -10,5 +10,18 @@ def test_evaluate_dense_and_oracle(lm, db):
     assert abs(o["sparsity"] - 0.5) < 0.01 and o["kl"] > 0 and len(o["per_layer"]) == lm.n_layers
     g = evaluate(lm, make("griffin", keep=0.5), db, windows=2, prompt_len=32, gen_len=8)
     assert abs(g["sparsity"] - 0.5) < 0.01
-    assert db.get_result("eval", {"model": lm.fingerprint, "method": "oracle", "params": {"keep": 0.5},
-                                  "windows": 2, "prompt_len": 32, "gen_len": 8, "v": 1}) is not None
+    assert {r["result"]["method"] for r in db.results(kind="eval")} == {"dense", "oracle", "griffin"}
+    again = evaluate(lm, make("oracle", keep=0.5), db, windows=2, prompt_len=32, gen_len=8)
+    assert again == o
+
+
+def test_free_generation_and_bad_settings(lm):
+    import pytest
+
+    from moyu_core.errors import MoyuError
+    r = evaluate(lm, make("griffin", keep=1.0), None, windows=1, prompt_len=32, gen_len=8, free_tokens=6)
+    fg = r["free_generation"]
+    assert fg["token_agreement"] == 1.0 and fg["text"] == fg["dense_text"] and fg["text"]
+    for bad in ({"windows": 0}, {"prompt_len": 0}, {"gen_len": 5000}, {"free_tokens": -1}):
+        with pytest.raises(MoyuError):
+            evaluate(lm, make("dense"), None, **bad)

@@ -139,3 +139,18 @@ def test_cli_train_router_json_reuses_the_router(trained, routers, capsys):
         assert k in out
     assert main(["train-router", "--db", str(store.path), "--steps", "0"]) == 2
     assert "--steps must be positive" in capsys.readouterr().err
+
+
+def test_dejavu_executed_decode_equals_masked(lm, trained, routers):
+    """The gathered per-token path (router on x, then only the kept rows of gate/up/down) gives
+    the tokens of the masked run; the eval quality protocol runs with the router too."""
+    from moyu_core.decode import generate
+    from moyu_core.evaluate import evaluate
+    from moyu_core.methods import make
+
+    m = make("dejavu", keep=0.5)
+    a = generate(lm, "The history of the Roman empire begins", m, max_new_tokens=6, executed=True)
+    b = generate(lm, "The history of the Roman empire begins", m, max_new_tokens=6, executed=False)
+    assert (a["label"], b["label"]) == ("executed", "simulated") and a["tokens"] == b["tokens"]
+    r = evaluate(lm, m, None, windows=1, prompt_len=32, gen_len=8)
+    assert abs(r["sparsity"] - 0.5) < 0.01 and r["ppl_ratio"] > 0

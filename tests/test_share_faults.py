@@ -17,7 +17,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 def test_crash_safety_few_kills(tmp_path):
     db = tmp_path / "crash.duckdb"
     out = subprocess.run([sys.executable, "benchmarks/crash_safety.py", "--kills", "3", "--min-captures", "6",
-                          "--max-delay", "1.5", "--seed", "7", "--db", str(db), "--json"],
+                          "--max-delay", "3.0", "--seed", "7", "--db", str(db), "--json"],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0, out.stdout + out.stderr

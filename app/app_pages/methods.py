@@ -123,7 +123,7 @@ def quality_block(lm, method, params: dict) -> None:
 
             bar = st.progress(0.0, text="evaluating on pydoc_data.topics windows")
             res = evaluate(lm, method, store=ui.store(), windows=int(windows),
-                           progress=lambda f: bar.progress(min(1.0, float(f))))
+                           progress=lambda f, msg=None: bar.progress(min(1.0, float(f)), text=msg))
             bar.empty()
             st.session_state[key] = res
         else:
@@ -167,6 +167,24 @@ def generation_block(lm, rec, method, params: dict, keep: float) -> None:
                 help="1 / (1 - m (1 - keep)), m = MLP share of the weight bytes read per token")
     st.caption(f"Prefill: {got['prefill_ms']:.0f} ms ({got['label']}) vs {dense['prefill_ms']:.0f} ms dense. "
                "One pair on a shared machine: benchmarks/decode_speed.py reports medians.")
+
+
+def router_block(lm) -> bool:
+    """True when the DejaVu router exists; else offer to train it (progress shown) and say why."""
+    from moyu_core import router
+
+    if router.load_router(lm) is not None:
+        return True
+    st.info(f"DejaVu keeps what a small router predicts from the MLP input. {lm.name} has no trained "
+            "router yet: training captures stored history if there is too little, then fits one "
+            "predictor per layer (about 3 minutes for smollm2-135m on 2 cores).", icon=":material/model_training:")
+    if st.button("Train router", key="train_router", icon=":material/model_training:"):
+        bar = st.progress(0.0, text="training the DejaVu router")
+        rep = router.train(lm, ui.store(), progress=lambda f, msg="": bar.progress(min(1.0, float(f)), text=msg))
+        bar.empty()
+        st.success(f"Router trained: recall of the true top-50% on held-out text {rep['recall']:.1%}.")
+        return True
+    return False
 
 
 def mask_block(lm, rec, name: str, params: dict, li: int) -> None:
@@ -245,6 +263,8 @@ def main() -> None:
                     edits = param_editor(name, method)
                 method = build(name, keep, edits) if edits else method
                 params = dataclasses.asdict(method.params)
+                if name == "dejavu" and params.get("keep", 1.0) < 1.0 and not router_block(lm):
+                    continue
                 st.subheader("What it keeps")
                 mask_block(lm, rec, name, params, li)
                 st.subheader("Quality")

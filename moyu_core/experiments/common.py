@@ -61,10 +61,8 @@ def overlap_figures(z: np.ndarray, fraction: float = 0.1) -> dict:
 
 
 def _corpus() -> str:
-    from pydoc_data.topics import topics
-
-    text = "\n\n".join(topics[k] for k in sorted(topics))
-    return re.sub(r"\s+", " ", text)
+    from ..corpora import pydoc_topics
+    return re.sub(r"\s+", " ", pydoc_topics())
 
 
 def sentence_texts(n: int, chars: int = 400, seed: int = 0) -> list[str]:

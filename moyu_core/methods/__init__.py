@@ -42,20 +42,16 @@ def masked_logits(lm, method: Method, ids: list[int], apply: bool = True) -> tup
     """One forward of ids with method's masks applied to z at every layer (apply=False: the
     forward stays dense and masks are decided on dense activations).
     Returns logits (T, vocab) and masks bool (L, T, d_ff)."""
-    from ..hooks import gate_intervention, mlp_intervention
-    gates: dict[int, torch.Tensor] = {}
+    from ..hooks import method_intervention
     masks: list[np.ndarray | None] = [None] * lm.n_layers
 
-    def on_gate(i, g):
-        gates[i] = g[0].detach()
-        return None
-
-    def on_z(i, z):
-        m = method.select(i, z[0].detach(), gates[i], lm)     # (T, d_ff)
+    def on_z(i, z, gate, x):
+        m = method.select(i, z[0].detach(), gate, lm, x)     # (T, d_ff)
         masks[i] = m.numpy()
         return z * m.to(z.dtype)[None] if apply else None
 
-    with gate_intervention(lm, on_gate), mlp_intervention(lm, on_z):
+    method.prepare(lm)
+    with method_intervention(lm, on_z):
         out = lm.model(torch.tensor([ids]), use_cache=False)
     return out.logits[0].float(), np.stack(masks)
 

@@ -19,10 +19,14 @@ class KeepParams:
 
 
 class Method:
-    """select(layer, z (T, d_ff), gate (T, d_ff), lm) -> bool mask (T, d_ff) of kept neurons."""
+    """select(layer, z (T, d_ff), gate (T, d_ff), lm, x (T, d) = the MLP input) -> bool mask
+    (T, d_ff) of kept neurons. `sequence_level` methods decide once from the prompt's rows and
+    apply that one mask to every later token; `per_token` methods look only at the token's own row."""
 
     name = "base"
     Params: type = KeepParams
+    sequence_level = False
+    needs = "z"   # what a per-token decision reads: "z", "gate" (z may be None) or "x" (z, gate may be None)
 
     def __init__(self, params):
         self.params = params
@@ -31,7 +35,11 @@ class Method:
         return {"name": self.name, "params": dataclasses.asdict(self.params),
                 "doc": (type(self).__doc__ or "").strip().splitlines()[0]}
 
-    def select(self, layer: int, z: torch.Tensor, gate: torch.Tensor, lm) -> torch.Tensor:
+    def prepare(self, lm) -> None:
+        """Compute what select needs once per model (calibration, clusters, router) before any
+        MLP is swapped or timed; the default needs nothing."""
+
+    def select(self, layer: int, z: torch.Tensor, gate: torch.Tensor, lm, x: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -20,15 +20,23 @@ class Dejavu(Method):
 
     name = "dejavu"
     Params = KeepParams
+    needs = "x"
 
-    def select(self, layer, z, gate, lm, x=None):
-        if self.params.keep >= 1.0:
-            return torch.ones_like(z, dtype=torch.bool)
-        if x is None:
-            raise MoyuError("dejavu needs the MLP input x; this caller passed none")
+    def prepare(self, lm) -> None:
+        if self.params.keep < 1.0:
+            self.router(lm)
+
+    def router(self, lm):
         from ..router import load_router
         router = load_router(lm)
         if router is None:
             raise MoyuError(f"dejavu: no trained router for {lm.name}; run `python -m moyu_core "
                             f"train-router --model {lm.name}` (or the app's Train router button)")
-        return topk_mask(router.logits(layer, x), self.params.keep)
+        return router
+
+    def select(self, layer, z, gate, lm, x=None):
+        if x is None:
+            raise MoyuError("dejavu needs the MLP input x; this caller passed none")
+        if self.params.keep >= 1.0:
+            return torch.ones(x.shape[0], lm.d_ff, dtype=torch.bool)
+        return topk_mask(self.router(lm).logits(layer, x), self.params.keep)

@@ -19,5 +19,5 @@ class Dense(Method):
     name = "dense"
     Params = DenseParams
 
-    def select(self, layer, z, gate, lm):
+    def select(self, layer, z, gate, lm, x=None):
         return torch.ones_like(z, dtype=torch.bool)

@@ -22,7 +22,8 @@ class Griffin(Method):
 
     name = "griffin"
     Params = KeepParams
+    sequence_level = True
 
-    def select(self, layer, z, gate, lm):
+    def select(self, layer, z, gate, lm, x=None):
         m = topk_mask(flocking_score(z), self.params.keep)   # (d_ff,)
         return m.expand(z.shape[0], -1).clone()

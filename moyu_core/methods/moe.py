@@ -54,6 +54,7 @@ class Moe(Method):
 
     name = "moe"
     Params = MoeParams
+    needs = "gate"
     _cache: dict = {}
 
     def experts_of(self, layer, lm) -> torch.Tensor:
@@ -65,13 +66,18 @@ class Moe(Method):
             Moe._cache[key] = balanced_kmeans(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12), self.params.experts)
         return Moe._cache[key]
 
-    def select(self, layer, z, gate, lm):
+    def prepare(self, lm) -> None:
+        if self.params.keep < 1.0:
+            for i in range(lm.n_layers):
+                self.experts_of(i, lm)
+
+    def select(self, layer, z, gate, lm, x=None):
         if self.params.keep >= 1.0:
-            return torch.ones_like(z, dtype=torch.bool)
+            return torch.ones_like(gate, dtype=torch.bool)
         a = self.experts_of(layer, lm)                               # (d_ff,)
         E = self.params.experts
-        score = torch.zeros(z.shape[0], E).index_add_(1, a, gate.abs().float())  # (T, E)
+        score = torch.zeros(gate.shape[0], E).index_add_(1, a, gate.abs().float())  # (T, E)
         k = max(1, int(round(self.params.keep * E)))
         top = score.topk(k, dim=-1).indices                          # (T, k)
-        keep_e = torch.zeros(z.shape[0], E, dtype=torch.bool).scatter_(1, top, True)
+        keep_e = torch.zeros(gate.shape[0], E, dtype=torch.bool).scatter_(1, top, True)
         return keep_e[:, a]

@@ -10,5 +10,5 @@ class Oracle(Method):
     name = "oracle"
     Params = KeepParams
 
-    def select(self, layer, z, gate, lm):
+    def select(self, layer, z, gate, lm, x=None):
         return topk_mask(z.abs(), self.params.keep)

@@ -12,8 +12,9 @@ class Static(Method):
 
     name = "static"
     Params = KeepParams
+    sequence_level = True
 
-    def select(self, layer, z, gate, lm):
+    def select(self, layer, z, gate, lm, x=None):
         mlp = lm.layers[layer].mlp
         s = mlp.gate_proj.weight.detach().float().norm(dim=1) * mlp.up_proj.weight.detach().float().norm(dim=1)
         return topk_mask(s, self.params.keep).expand(z.shape[0], -1).clone()

@@ -7,40 +7,43 @@ import torch
 
 from ..errors import MoyuError
 from .base import Method
+from .calibration import thresholds
 
 
 @dataclass(frozen=True)
 class TdaParams:
-    keep: float = 0.5          # target kept fraction (threshold = (1-keep) quantile of |z|)
-    threshold: float | None = None  # fixed global threshold instead of a quantile
+    keep: float = 0.5               # target kept fraction; sets the calibrated per-layer threshold
+    threshold: float | None = None  # a fixed global threshold on |z| instead
 
     def __post_init__(self):
         if not 0.0 < float(self.keep) <= 1.0:
             raise MoyuError(f"keep must be in (0, 1], got {self.keep}")
-        if self.threshold is not None and self.threshold < 0:
-            raise MoyuError("threshold must be >= 0")
-
-
-def layer_threshold(score: torch.Tensor, keep: float) -> float:
-    """(1-keep) quantile of score (T, d_ff), token 0 excluded when T > 1 (attention sink)."""
-    if keep >= 1.0:
-        return 0.0
-    s = score[1:] if score.shape[0] > 1 else score
-    return float(torch.quantile(s.flatten().float()[:2_000_000], 1.0 - keep))
+        if self.threshold is not None and not 0.0 <= float(self.threshold) < 1e6:
+            raise MoyuError(f"threshold must be in [0, 1e6), got {self.threshold}")
 
 
 class Tda(Method):
-    """TDA (MOYU paper; TEAL, Liu et al. 2024): zero z_i where |z_i| < t_l. Choice: t_l is the
-    per-layer (1-keep) quantile of |z| on the given tokens (token 0 excluded); calibration on
-    disjoint text is not implemented yet. A fixed global `threshold` overrides it; keep 1.0 or
-    threshold 0 keeps everything."""
+    """TDA (MOYU paper; TEAL, Liu et al. 2024): zero z_i where |z_i| < t_l. Choices: t_l is the
+    per-layer (1-keep) quantile of |z| calibrated once per model on standard-library docstrings
+    (disjoint from the pydoc_data.topics evaluation text; token 0 excluded), see calibration.py.
+    A fixed global `threshold` overrides it; keep 1.0 or threshold 0 keeps everything. Only z is
+    thresholded (gate and up stay dense), so only down_proj can skip weights."""
 
     name = "tda"
     Params = TdaParams
 
-    def select(self, layer, z, gate, lm):
-        a = z.abs()
-        t = self.params.threshold if self.params.threshold is not None else layer_threshold(a, self.params.keep)
+    def layer_threshold(self, layer: int, lm) -> float:
+        if self.params.threshold is not None:
+            return float(self.params.threshold)
+        if self.params.keep >= 1.0:
+            return 0.0
+        return thresholds(lm, "tda", self.params.keep)[layer]
+
+    def prepare(self, lm) -> None:
+        self.layer_threshold(0, lm)
+
+    def select(self, layer, z, gate, lm, x=None):
+        t = self.layer_threshold(layer, lm)
         if t <= 0:
             return torch.ones_like(z, dtype=torch.bool)
-        return a >= t
+        return z.abs() >= t

@@ -112,6 +112,7 @@ def test_long_prompt_heavy_hitters_and_runs(app_server, new_page, artifacts):
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Heavy hitters").click()
     page.get_by_text("Top heavy hitter", exact=True).wait_for()
     wait_idle(page)
+    page.locator("sup").filter(has_text="#1").first.wait_for()
     assert page.locator("sup").filter(has_text="#1").count() == 1
     no_traceback(page)
     shot(page, artifacts, "05-heavy-hitters", height=1900)
