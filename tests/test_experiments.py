@@ -11,6 +11,8 @@ import torch
 from moyu_core import hooks
 from moyu_core.experiments import applicability, common, hh_ablation, inertia, stats
 from moyu_core.experiments import relu_swiglu as rs
+from moyu_core.methods import REGISTRY
+from moyu_core.store import Store
 
 
 # ---- verdicts flip with the numbers --------------------------------------------------------------
@@ -135,7 +137,7 @@ def test_relu_swiglu_tiny_training_and_compare(lm, db, tmp_path, monkeypatch):
     assert rs.compare(cp, db)["models"]["tiny-relu-pytest"]["cached"] is True
 
 
-def test_cli_inertia_json_and_applicability_skip(tmp_path, capsys, monkeypatch):
+def test_cli_inertia_json_and_applicability(tmp_path, capsys, monkeypatch):
     from moyu_core.__main__ import main
 
     db = str(tmp_path / "cli.duckdb")
@@ -146,7 +148,16 @@ def test_cli_inertia_json_and_applicability_skip(tmp_path, capsys, monkeypatch):
     assert "verdicts" in out
     assert main(["inertia", "--db", db, "--texts", "1"]) == 2  # user error, one line
     assert "at least 2 texts" in capsys.readouterr().err
-    monkeypatch.setattr(applicability, "available", lambda: "moyu_core.evaluate is missing")
-    assert main(["applicability", "--db", db, "--json"]) == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert "evaluate is missing" in out["skipped"]
+    # applicability end to end, small: every method on the real model; with no router (empty
+    # router folder, training off) dejavu's row is a clear error, the others have figures
+    monkeypatch.setenv("MOYU_ROUTER_DIR", str(tmp_path / "routers"))
+    p = applicability.ApplicabilityParams(models=("smollm2-135m", "no-such-model"), windows=1,
+                                          prompt_len=32, gen_len=8, train_router=False)
+    store = Store(db)
+    res = applicability.run(store, p)
+    rows = {r["method"]: r for r in res["table"]}
+    assert set(rows) == set(REGISTRY) and "no-such-model" in res["model_errors"]
+    assert "train-router" in rows["dejavu"]["error"]
+    assert abs(rows["dense"]["ppl_ratio"] - 1) < 1e-6 and rows["oracle"]["sparsity"] > 0.4
+    assert applicability.run(store, p)["cached"] is True
+    store.close()

@@ -30,7 +30,7 @@ def _latest(kind: str):
 
 def _progress_bar():
     bar = st.progress(0.0)
-    return lambda f: bar.progress(min(1.0, float(f)))
+    return lambda f, msg=None: bar.progress(min(1.0, float(f)), text=msg)
 
 
 def _inertia_tab() -> None:
@@ -135,22 +135,17 @@ def _relu_tab() -> None:
 
 
 def _applicability_tab() -> None:
-    why = applicability.available()
-    if why:
-        st.info(f"Not available yet: {why}.")
-        return
     with st.form("applicability"):
         keep = st.slider("keep", 0.1, 1.0, 0.5, 0.05)
-        go_ = st.form_submit_button("Run (slow the first time; cached after)", type="primary")
-    res = applicability.run(ui.store(), applicability.ApplicabilityParams(keep=keep)) if go_ else None
+        go_ = st.form_submit_button("Run (slow the first time: trains missing DejaVu routers; cached after)",
+                                    type="primary")
+    res = applicability.run(ui.store(), applicability.ApplicabilityParams(keep=keep),
+                            progress=_progress_bar()) if go_ else None
     if res is None:
         row = _latest(applicability.KIND)
         res = row["result"] if row else None
     if not res:
         st.info("No result yet: press Run.")
-        return
-    if "skipped" in res:
-        st.info(res["skipped"])
         return
     df = pd.DataFrame(res["table"])
     st.dataframe(df, hide_index=True, width="stretch")

@@ -4,10 +4,9 @@ and the quality protocol (moyu_core.evaluate); each evaluation is cached by eval
 (results kind "eval"), the table by this module."""
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass
 
-from .. import models
+from .. import methods, models
 from ..errors import MoyuError
 from . import common
 
@@ -21,65 +20,52 @@ class ApplicabilityParams:
     windows: int = 4
     prompt_len: int = 128
     gen_len: int = 32
+    train_router: bool = True   # train a missing DejaVu router from the store (minutes per model)
 
 
-def available() -> str | None:
-    """None when the methods registry and the quality protocol are importable, else why not."""
-    for mod, attr in (("moyu_core.methods", "REGISTRY"), ("moyu_core.evaluate", "evaluate")):
-        try:
-            if not hasattr(importlib.import_module(mod), attr):
-                return f"{mod}.{attr} is missing"
-        except Exception as e:  # the methods issue may not be merged yet
-            return f"{mod} is not available ({type(e).__name__}: {e})"
-    return None
+def _make(name: str, keep: float):
+    return methods.make(name) if name == "dense" else methods.make(name, keep=keep)
 
 
-def _make(methods, name: str, keep: float):
-    try:
-        return methods.make(name, keep=keep)
-    except (MoyuError, TypeError):
-        return methods.make(name)  # methods without a keep parameter (dense, thresholds)
+def _prepare_router(lm, store, p: ApplicabilityParams, progress) -> None:
+    from .. import router
+    if p.train_router and store is not None and router.load_router(lm) is None:
+        router.train(lm, store, progress=(lambda f, msg="": progress(0.0, f"{lm.name} router: {msg}"))
+                     if progress else None)
 
 
 def measure(p: ApplicabilityParams, store=None, progress=None) -> dict:
-    why = available()
-    if why:
-        return {"skipped": f"applicability needs the DA methods and the quality protocol: {why}"}
-    methods = importlib.import_module("moyu_core.methods")
-    evaluate = importlib.import_module("moyu_core.evaluate").evaluate
+    from ..evaluate import evaluate
     table, errors = [], {}
     names = sorted(methods.REGISTRY)
     for mi, model in enumerate(p.models):
         try:
             lm = models.load(model)
-        except Exception as e:
+        except MoyuError as e:
             errors[model] = str(e).splitlines()[0][:200]
             continue
-        for name in names:
+        _prepare_router(lm, store, p, progress)
+        for ni, name in enumerate(names):
             try:
-                m = _make(methods, name, p.keep)
-                r = evaluate(lm, m, store=store, windows=p.windows, prompt_len=p.prompt_len, gen_len=p.gen_len)
+                r = evaluate(lm, _make(name, p.keep), store=store, windows=p.windows,
+                             prompt_len=p.prompt_len, gen_len=p.gen_len)
                 table.append({"model": model, "method": name, "params": r.get("params"),
                               **{k: r.get(k) for k in ("ppl", "dense_ppl", "ppl_ratio", "kl", "top1_agree", "sparsity")}})
-            except Exception as e:  # one method failing on one architecture is itself a finding
+            except MoyuError as e:  # one method failing on one architecture is itself a finding
                 table.append({"model": model, "method": name, "error": str(e).splitlines()[0][:200]})
-        if progress:
-            progress((mi + 1) / len(p.models))
+            if progress:
+                progress((mi + (ni + 1) / len(names)) / len(p.models), f"{model}: {name}")
     return {"table": table, "model_errors": errors}
 
 
 def run(store=None, params: ApplicabilityParams = ApplicabilityParams(), progress=None, force: bool = False) -> dict:
-    why = available()
-    if why:
-        return {"experiment": "applicability", "params": asdict(params),
-                "skipped": f"applicability needs the DA methods and the quality protocol: {why}"}
     fps = {}
     for m in params.models:
         try:
             fps[m] = models.resolve(m)[1]
-        except Exception:
+        except MoyuError:
             fps[m] = None
-    key = {"params": asdict(params), "fingerprints": fps, "methods": sorted(importlib.import_module("moyu_core.methods").REGISTRY), "version": 1}
+    key = {"params": asdict(params), "fingerprints": fps, "methods": sorted(methods.REGISTRY), "version": 2}
     res = common.cached(store, KIND, key, lambda: measure(params, store, progress), force=force)
     return {"experiment": "applicability", "params": asdict(params), **res}
 

@@ -120,7 +120,8 @@ def test_long_prompt_heavy_hitters_and_runs(app_server, new_page, artifacts):
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Runs").click()
     page.get_by_role("heading", name="Runs").wait_for()
     wait_idle(page)
-    assert page.locator('[data-testid="stDataFrame"]').count() == 1
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stDataFrame"]').count() == 1, page.inner_text("body")[-1500:]
     no_traceback(page)
     shot(page, artifacts, "06-runs")
 
