@@ -86,11 +86,13 @@ def main() -> None:
         if a.json:
             print(json.dumps(r))
         return
-    rows = [bench(lm, a.method, a.keep, a.pairs, a.tokens, not a.simulated)] if a.method else [
-        bench(lm, n, k, a.pairs, a.tokens, not a.simulated) for n in METHODS for k in (0.5, 0.25)]
-    print(f"{'method':8s} {'keep':>5s} {'speed-up':>9s} {'ceiling':>8s}  label ({rows[0]['pairs']} pairs, {a.tokens} tokens)")
-    for r in rows:
-        print(f"{r['method']:8s} {r['keep']:5.2f} {r['speedup_median']:8.2f}x {r['ceiling']:7.2f}x  {r['label']}")
+    todo = [(a.method, a.keep)] if a.method else [(n, k) for n in METHODS for k in (0.5, 0.25)]
+    print(f"{'method':8s} {'keep':>5s} {'speed-up':>9s} {'ceiling':>8s}  label ({a.pairs} pairs, {a.tokens} tokens)")
+    rows = []
+    for name, keep in todo:
+        r = bench(lm, name, keep, a.pairs, a.tokens, not a.simulated)
+        rows.append(r)
+        print(f"{r['method']:8s} {r['keep']:5.2f} {r['speedup_median']:8.2f}x {r['ceiling']:7.2f}x  {r['label']}", flush=True)
     if a.json:
         print(json.dumps(rows[0] if a.method else rows))
 

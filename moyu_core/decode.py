@@ -101,6 +101,8 @@ class GatheredMLP(torch.nn.Module):
             zf = g * (h @ self.wu.T)                                # (1, d_ff), dense
             idx = self.method.select(self.i, zf, g, self.lm, h)[0].nonzero()[:, 0]
             z = zf[0, idx]
+        if idx.numel() == 0:                                        # nothing kept: the MLP adds 0
+            return x.new_zeros(1, 1, self.wd_t.shape[1])
         out = F.embedding_bag(idx[None], self.wd_t, per_sample_weights=z[None], mode="sum")
         return out[None]                                            # (1, 1, d)
 
