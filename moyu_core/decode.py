@@ -12,6 +12,7 @@ The prompt always runs dense. For the decode, every timing is labelled:
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 
@@ -173,13 +174,8 @@ def generate(lm, text: str | list[int], method: Method | None = None, max_new_to
         label = "executed"
         toks, pre, dt = _loop(lm, ids, max_new_tokens, None,
                               lambda: swapped_mlps(lm, lambda i, mlp: GatheredMLP(lm, i, mlp, method)))
-    keep = getattr(method.params, "keep", None)
-    return {"method": method.name, "params": _params(method), "keep": 1.0 if keep is None else keep,
+    return {"method": method.name, "params": dataclasses.asdict(method.params),
+            "keep": getattr(method.params, "keep", None),
             "text": lm.tokenizer.decode(toks), "tokens": toks, "n_tokens": len(toks),
             "prefill_ms": pre * 1000,
             "decode_tokens_per_s": (len(toks) - 1) / dt if dt > 0 else float("nan"), "label": label}
-
-
-def _params(method: Method) -> dict:
-    import dataclasses
-    return dataclasses.asdict(method.params)

@@ -73,17 +73,6 @@ def mlp_intervention(lm: LoadedModel, fn: MlpFn):
     return hooked(lm, [(layer.mlp.down_proj, "pre", make(i)) for i, layer in enumerate(lm.layers)])
 
 
-def gate_intervention(lm: LoadedModel, fn: MlpFn):
-    """Context manager: a forward hook on every layer's act_fn passes act(gate_proj(x)) through `fn`."""
-
-    def make(i: int):
-        def post(_module, _args, out):
-            return fn(i, out)
-        return post
-
-    return hooked(lm, [(layer.mlp.act_fn, "post", make(i)) for i, layer in enumerate(lm.layers)])
-
-
 def method_intervention(lm: LoadedModel, fn: Callable) -> Iterator[None]:
     """Context manager for DA methods: per layer, `fn(i, z, gate, x)` sees the down_proj input z,
     act(gate_proj(x)) and the MLP input x (batch 0, detached) and may return a replacement z."""

@@ -174,3 +174,15 @@ def test_methods_page_on_real_methods(app_db):  # noqa: F811
     assert not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Kept (this layer)"].endswith("%") and "Recall of the oracle" in metrics
+
+
+def test_methods_page_dejavu_without_router_offers_training(app_db, tmp_path, monkeypatch):  # noqa: F811
+    """No router yet: the dejavu tab explains and offers the Train router button (no error),
+    and the other chosen method is drawn as usual."""
+    monkeypatch.setenv("MOYU_ROUTER_DIR", str(tmp_path / "routers"))
+    _, rid = app_db
+    at = open_app("methods", run=rid, method="dejavu,tda", keep="0.5")
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any(b.label == "Train router" for b in at.button)
+    assert "Recall of the oracle" in {m.label for m in at.metric}
