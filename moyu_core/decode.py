@@ -108,8 +108,30 @@ class GatheredMLP(torch.nn.Module):
         return out[None]                                            # (1, 1, d)
 
 
+@contextmanager
+def fused_attention(lm):
+    """Decode needs no attention weights: run it with SDPA attention (moyu loads models with
+    eager attention so that captures can read the weights); restored afterwards, under the lock."""
+    with lm.lock:
+        before = lm.model.config._attn_implementation
+        try:
+            lm.model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError, AttributeError):
+            pass
+        try:
+            yield
+        finally:
+            if lm.model.config._attn_implementation != before:
+                lm.model.set_attn_implementation(before)
+
+
 @torch.inference_mode()
 def _loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
+    with fused_attention(lm):
+        return _timed_loop(lm, ids, n, prompt_ctx, decode_ctx)
+
+
+def _timed_loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
     x = torch.tensor([ids])
     t0 = time.perf_counter()
     if prompt_ctx is not None:

@@ -218,10 +218,12 @@ def _cached_conversion(key: str, gguf: Path, progress: Callable[[str], None] = p
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+    """Config content plus weight files' names, sizes and modification times (ns): two folders
+    written in the same second with different configs or weights still differ."""
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")):
         st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
