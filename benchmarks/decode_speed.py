@@ -19,7 +19,7 @@ import time
 import torch
 
 from moyu_core.analysis import speedup_ceiling
-from moyu_core.decode import generate
+from moyu_core.decode import fused_attention, generate
 from moyu_core.methods import make
 from moyu_core.models import load, set_threads
 
@@ -51,13 +51,15 @@ def bench(lm, name: str, keep: float, pairs: int, tokens: int, executed: bool = 
 
 @torch.inference_mode()
 def vs_hf(lm, pairs: int, tokens: int) -> dict:
-    """Lean loop tokens/s over transformers' generate tokens/s (whole call incl. prefill, both)."""
+    """Lean loop tokens/s over transformers' generate tokens/s (whole call incl. prefill, both;
+    both with SDPA attention)."""
     ids = torch.tensor([lm.encode(PROMPT)])
     ratios = []
     for _ in range(pairs + 1):
-        t0 = time.perf_counter()
-        lm.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-        hf = time.perf_counter() - t0
+        with fused_attention(lm):
+            t0 = time.perf_counter()
+            lm.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            hf = time.perf_counter() - t0
         t0 = time.perf_counter()
         generate(lm, PROMPT, make("dense"), tokens)
         ours = time.perf_counter() - t0

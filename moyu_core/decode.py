@@ -1,6 +1,7 @@
 """Lean greedy KV-cache decode loop (batch 1) with executed sparse MLPs.
 
-The prompt always runs dense. For the decode, every timing is labelled:
+The prompt always runs dense; prefill and decode use SDPA attention (captures need eager attention
+for its weights, decode does not), for dense and methods alike. Every timing is labelled:
 
 - *executed*, sequence-level methods (griffin, static): each layer's gate/up/down are replaced by
   pre-sliced `nn.Linear` copies holding only the kept neurons.
