@@ -87,3 +87,18 @@ def test_no_hook_left_after_error(lm):
     with pytest.raises(MoyuError):
         masked_logits(lm, Boom(make("oracle").params), ids)
     assert hook_count(lm.model) == 0
+
+
+def test_keep_masks_from_stored_z_match_the_forward(lm):
+    """Methods deciding from z alone give the same masks from captured z as from a forward
+    (float32 capture), and the others say they need the forward (None)."""
+    from moyu_core.hooks import capture
+    from moyu_core.methods import keep_masks_from_z
+    ids = lm.encode(TEXT)
+    z = capture(lm, ids).z
+    for name in ("oracle", "tda", "cett", "griffin", "static"):
+        m = make(name, keep=0.5)
+        got, ref = keep_masks_from_z(lm, m, lambda i: z[i]), keep_masks(lm, m, ids)
+        assert got.shape == ref.shape and (got == ref).mean() > 0.999, name
+    for name in ("cats", "moe", "dejavu"):
+        assert keep_masks_from_z(lm, make(name, keep=0.5), lambda i: z[i]) is None

@@ -21,13 +21,21 @@ HIDDEN = {"dense", "oracle"}  # dense is the reference, oracle the comparator: b
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _keep_masks(model_name: str, run_id: str, name: str, params_json: str):
-    """The method's keep masks for the run's prompt, bit-packed: (L, T, d_ff / 8) uint8."""
+    """The method's keep masks for the run's prompt, bit-packed: (L, T, d_ff / 8) uint8. Methods
+    that decide from z alone are drawn from the stored activations (the z the heatmap shows);
+    the others need one forward over the prompt."""
     from moyu_core import methods
 
     lm = ui._model(model_name)
-    ids = [i for i, _ in ui.tokens(run_id)]
     method = methods.make(name, **json.loads(params_json))
-    packed = np.packbits(np.asarray(methods.keep_masks(lm, method, ids), dtype=bool), axis=-1)
+    rec = ui.store().run(run_id)
+    masks = None
+    from_z = getattr(methods, "keep_masks_from_z", None)
+    if from_z is not None and rec.mode == "sequential" and rec.method == "dense":
+        masks = from_z(lm, method, lambda li: ui.layer(run_id, li))   # no forward: stored z
+    if masks is None:
+        masks = methods.keep_masks(lm, method, [i for i, _ in ui.tokens(run_id)])
+    packed = np.packbits(np.asarray(masks, dtype=bool), axis=-1)
     packed.setflags(write=False)
     return packed
 

@@ -62,4 +62,16 @@ def keep_masks(lm, method: Method, ids: list[int]) -> np.ndarray:
     return masked_logits(lm, method, ids, apply=False)[1]
 
 
-__all__ = ["REGISTRY", "make", "keep_masks", "masked_logits", "Method"]
+def keep_masks_from_z(lm, method: Method, layer_z) -> np.ndarray | None:
+    """bool (L, T, d_ff) decided from already-captured dense z (`layer_z(layer)` -> (T, d_ff)
+    float32, e.g. the store's) with no forward, for methods that decide from z alone
+    (`needs == "z"`); None for methods that need the gate activation or the MLP input."""
+    if getattr(method, "needs", None) != "z":
+        return None
+    method.prepare(lm)
+    with torch.inference_mode():
+        return np.stack([method.select(i, torch.from_numpy(np.ascontiguousarray(layer_z(i), dtype=np.float32)),
+                                       None, lm, None).numpy() for i in range(lm.n_layers)])
+
+
+__all__ = ["REGISTRY", "make", "keep_masks", "keep_masks_from_z", "masked_logits", "Method"]
