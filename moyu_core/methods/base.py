@@ -21,7 +21,7 @@ class KeepParams:
 class Method:
     """select(layer, z (T, d_ff), gate (T, d_ff), lm, x (T, d) = the MLP input) -> bool mask
     (T, d_ff) of kept neurons. `sequence_level` methods decide once from the prompt's rows and
-    apply that one mask to every later token; `per_token` methods look only at the token's own row."""
+    apply that one mask to every later token; the others decide per token from its own row."""
 
     name = "base"
     Params: type = KeepParams
