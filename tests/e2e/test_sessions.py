@@ -98,6 +98,18 @@ def test_four_sessions_and_a_cli_capture(fresh_server, new_page, artifacts):
         assert page.get_by_role("slider", name="Layer").first.get_attribute("aria-valuetext") == "15"
         assert run_id_of(page) in ids[1:]
 
+    # each session opens its own run with a different method, all at once: no cross-talk
+    methods = ("tda", "cett", "griffin", "static")
+    for page, rid, m in zip(pages, ids, methods):
+        page.goto(f"{base}/methods?run={rid}&method={m}&keep=0.5")
+    for page, rid, m in zip(pages, ids, methods):
+        page.get_by_text("Recall of the oracle").first.wait_for(timeout=240_000)
+        wait_idle(page)
+        assert page.get_by_role("tab", name=m).count() == 1 and run_id_of(page) == rid
+        assert all(page.get_by_role("tab", name=o).count() == 0 for o in methods if o != m)
+        no_traceback(page)
+    shot(pages[2], artifacts, "09-session-methods")
+
     store = Store(db)  # every run stored, whole, with the text its session typed
     assert {r["run_id"] for r in store.list_runs()} == set(ids) | {cli_run}
     for rid, (text, mode) in zip(ids, PROMPTS):
