@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +84,7 @@ class GatheredMLP(torch.nn.Module):
         self.lm, self.i, self.mlp, self.method = lm, i, mlp, method
         self.wg, self.wu = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()
         self.wd_t = _down_t(lm, i, mlp)
-        self.needs = getattr(method, "needs", "z")
+        self.needs = method.needs
 
     def forward(self, x):
         if x.shape[0] != 1 or x.shape[1] != 1:
@@ -143,7 +143,7 @@ def _timed_loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
     prefill = time.perf_counter() - t0
     past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
     toks = [tok]
-    with decode_ctx() if decode_ctx else _nothing():
+    with decode_ctx() if decode_ctx else nullcontext():
         t1 = time.perf_counter()
         for _ in range(n - 1):
             out = lm.model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
@@ -151,11 +151,6 @@ def _timed_loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
             toks.append(tok)
         dt = time.perf_counter() - t1
     return toks, prefill, dt
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def generate(lm, text: str | list[int], method: Method | None = None, max_new_tokens: int = 64,
@@ -176,11 +171,13 @@ def generate(lm, text: str | list[int], method: Method | None = None, max_new_to
         return method_intervention(lm, fn)
 
     def masked():       # simulated: the dense MLP runs, z is masked
+        fixed: dict[int, torch.Tensor] = {}
+
         def fn(i, z, gate, x):
             if method.sequence_level:
-                m = torch.zeros(z.shape[-1], dtype=z.dtype)
-                m[state[i]] = 1
-                return z * m
+                if i not in fixed:   # the prompt's mask as a 0/1 vector, built once per layer
+                    fixed[i] = torch.zeros(z.shape[-1], dtype=z.dtype).index_fill_(0, state[i], 1)
+                return z * fixed[i]
             return z * method.select(i, z[0, -1:], gate[-1:], lm, x[-1:]).to(z.dtype)[None]
         return method_intervention(lm, fn)
 

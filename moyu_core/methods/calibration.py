@@ -41,8 +41,7 @@ def calibration_chunks(lm, chunks: int = CHUNKS, tokens: int = CHUNK_TOKENS) -> 
 
 def _path(lm) -> Path:
     from ..models import CACHE_DIR
-    root = Path(os.environ.get("MOYU_CACHE", CACHE_DIR))
-    return root / "calibration" / f"{lm.name}-{str(lm.fingerprint)[:12]}-v{VERSION}.json"
+    return Path(CACHE_DIR) / "calibration" / f"{lm.name}-{str(lm.fingerprint)[:12]}-v{VERSION}.json"
 
 
 def down_norms(lm, layer: int) -> torch.Tensor:

@@ -23,10 +23,15 @@ class Dejavu(Method):
     needs = "x"
 
     def prepare(self, lm) -> None:
+        """Look the router up once (a file stat) before a forward or decode, not per layer and token."""
+        self._ready = None
         if self.params.keep < 1.0:
-            self.router(lm)
+            self._ready = (lm.fingerprint, self.router(lm))
 
     def router(self, lm):
+        ready = getattr(self, "_ready", None)
+        if ready is not None and ready[0] == lm.fingerprint:
+            return ready[1]
         from ..router import load_router
         router = load_router(lm)
         if router is None:
