@@ -71,7 +71,7 @@ def _store(path: str):
 def _model(name: str):
     from moyu_core import models
 
-    models.set_threads()
+    models.setup_compute()
     return models.load(name)
 
 

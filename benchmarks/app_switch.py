@@ -100,7 +100,7 @@ def main() -> None:
 
     db = args.db or str(Path(tempfile.mkdtemp(prefix="moyu-switch-")) / "switch.duckdb")
     os.environ["MOYU_DB"] = db
-    models.set_threads()
+    models.setup_compute()
     lm = models.load()
     store = Store(db)
     text = wordlists.reference_text(8_000)

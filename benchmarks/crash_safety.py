@@ -55,7 +55,7 @@ def writer(db: str, seed: int, start: int, words: int) -> None:
         return put_run(self, *a, **k)
 
     Store.put_run = announced_put_run
-    models.set_threads()
+    models.setup_compute()
     lm = models.load(models.DEFAULT_MODEL)
     store = Store(db)
     print("READY", flush=True)

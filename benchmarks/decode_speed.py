@@ -19,9 +19,9 @@ import time
 import torch
 
 from moyu_core.analysis import speedup_ceiling
-from moyu_core.decode import fused_attention, generate
+from moyu_core.decode import generate
 from moyu_core.methods import make
-from moyu_core.models import load, set_threads
+from moyu_core.models import fused_attention, load, setup_compute
 
 PROMPT = "Python's standard library reference describes the built-in types, the exceptions and"
 METHODS = ("griffin", "static", "tda", "cats", "cett", "dejavu", "moe", "oracle")
@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    set_threads()
+    setup_compute()
     lm = load(a.model) if a.model else load()
     if a.vs_hf:
         r = vs_hf(lm, a.pairs, a.tokens)

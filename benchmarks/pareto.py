@@ -21,7 +21,7 @@ from decode_speed import bench
 
 from moyu_core.evaluate import evaluate
 from moyu_core.methods import make
-from moyu_core.models import load, set_threads
+from moyu_core.models import load, setup_compute
 from moyu_core.store import DEFAULT_DB, Store
 
 METHODS = ("oracle", "tda", "cats", "cett", "dejavu", "griffin", "moe", "static")
@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--db", default=str(DEFAULT_DB))
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    set_threads()
+    setup_compute()
     lm = load(a.model) if a.model else load()
     store = Store(a.db)
     names = [n for n in a.methods.split(",") if n]

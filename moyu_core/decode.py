@@ -1,10 +1,13 @@
 """Lean greedy KV-cache decode loop (batch 1) with executed sparse MLPs.
 
 The prompt always runs dense; prefill and decode use SDPA attention (captures need eager attention
-for its weights, decode does not), for dense and methods alike. Every timing is labelled:
+for its weights, decode does not), for dense and methods alike. Llama-architecture models decode
+with the hand-written step of `llama_step.py`, others through transformers' forward. Dense
+decode runs `SlicedMLP` over all neurons (gate and up stacked in one matrix), the same module a
+sliced method runs over its kept neurons. Every timing is labelled:
 
-- *executed*, sequence-level methods (griffin, static): each layer's gate/up/down are replaced by
-  pre-sliced `nn.Linear` copies holding only the kept neurons.
+- *executed*, sequence-level methods (griffin, static): each layer's MLP is a `SlicedMLP` holding
+  copies of only the kept neurons' gate/up rows and down columns.
 - *executed*, per-token methods (tda, cats, cett, dejavu, moe, oracle): each layer's MLP is
   replaced by `GatheredMLP`, which per token reads only what the method needs to decide (the
   full gate for z- or gate-based methods, nothing for a router on x) and then only the kept
@@ -20,18 +23,31 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.nn.functional as F
 
+from . import llama_step
 from .errors import MoyuError
 from .hooks import method_intervention
+from .models import fused_attention
 from .methods import Method, make
 
-_DOWN_T: dict[tuple, torch.Tensor] = {}
+_WEIGHTS: dict[tuple, torch.Tensor] = {}
 
 
-def _sliced(lin: torch.nn.Linear, idx: torch.Tensor, dim: int) -> torch.nn.Linear:
-    w = lin.weight.detach().index_select(dim, idx).contiguous()
-    out = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
-    out.weight = torch.nn.Parameter(w, requires_grad=False)
-    return out
+def _cached(lm, i: int, kind: str, build) -> torch.Tensor:
+    """A derived weight of layer i (built once per model and kept)."""
+    key = (lm.name, str(lm.fingerprint), i, kind)
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = build().contiguous()
+    return _WEIGHTS[key]
+
+
+def _gate_up(lm, i: int, mlp) -> torch.Tensor:
+    """gate_proj and up_proj rows stacked, (2 d_ff, d): both from one matrix product."""
+    return _cached(lm, i, "gate_up", lambda: torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach())
+
+
+def _down_t(lm, i: int, mlp) -> torch.Tensor:
+    """W_down transposed to (d_ff, d), so a neuron's output column is one row."""
+    return _cached(lm, i, "down_t", lambda: mlp.down_proj.weight.detach().T)
 
 
 @contextmanager
@@ -49,28 +65,29 @@ def swapped_mlps(lm, make_mlp):
 
 
 class SlicedMLP(torch.nn.Module):
-    """The MLP restricted to neurons idx: pre-sliced gate/up rows and down columns."""
+    """The MLP restricted to neurons idx, or all of them (idx None: the dense decode runs this
+    same module, so that a sliced one differs from it in nothing but its neurons). gate and up
+    rows stacked in one matrix, one product for both."""
 
-    def __init__(self, mlp, idx: torch.Tensor):
+    def __init__(self, lm, i: int, mlp, idx: torch.Tensor | None = None):
         super().__init__()
-        self.gate_proj, self.up_proj = _sliced(mlp.gate_proj, idx, 0), _sliced(mlp.up_proj, idx, 0)
-        self.down_proj, self.act_fn = _sliced(mlp.down_proj, idx, 1), mlp.act_fn
+        d_ff, gate_up = mlp.down_proj.in_features, _gate_up(lm, i, mlp)
+        self.act_fn, self.k = mlp.act_fn, d_ff if idx is None else len(idx)
+        if idx is None:
+            self.w_gate_up, self.w_down = gate_up, mlp.down_proj.weight.detach()
+        else:
+            self.w_gate_up = gate_up.index_select(0, torch.cat([idx, idx + d_ff]))
+            self.w_down = mlp.down_proj.weight.detach().index_select(1, idx).contiguous()
 
     def forward(self, x):
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        g, u = F.linear(x, self.w_gate_up).split(self.k, -1)
+        return F.linear(self.act_fn(g) * u, self.w_down)
 
 
-def sliced_mlps(lm, keep_idx: list[torch.Tensor]):
-    """Every layer's MLP sliced to keep_idx[layer] for the duration of the context."""
-    return swapped_mlps(lm, lambda i, mlp: SlicedMLP(mlp, keep_idx[i]))
-
-
-def _down_t(lm, i: int, mlp) -> torch.Tensor:
-    """W_down transposed to (d_ff, d), contiguous, so a neuron's output column is one row."""
-    key = (lm.name, str(lm.fingerprint), i)
-    if key not in _DOWN_T:
-        _DOWN_T[key] = mlp.down_proj.weight.detach().T.contiguous()
-    return _DOWN_T[key]
+def sliced_mlps(lm, keep_idx: list[torch.Tensor] | None = None):
+    """Every layer's MLP as a SlicedMLP on keep_idx[layer] (all neurons when keep_idx is None)
+    for the duration of the context."""
+    return swapped_mlps(lm, lambda i, mlp: SlicedMLP(lm, i, mlp, None if keep_idx is None else keep_idx[i]))
 
 
 class GatheredMLP(torch.nn.Module):
@@ -83,7 +100,7 @@ class GatheredMLP(torch.nn.Module):
         super().__init__()
         self.lm, self.i, self.mlp, self.method = lm, i, mlp, method
         self.wg, self.wu = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()
-        self.wd_t = _down_t(lm, i, mlp)
+        self.w_gate_up, self.wd_t = _gate_up(lm, i, mlp), _down_t(lm, i, mlp)
         self.needs = method.needs
 
     def forward(self, x):
@@ -99,31 +116,15 @@ class GatheredMLP(torch.nn.Module):
             idx = self.method.select(self.i, None, g, self.lm, h)[0].nonzero()[:, 0]
             z = g[0, idx] * (F.embedding(idx, self.wu) @ h[0])
         else:
-            g = act(h @ self.wg.T)
-            zf = g * (h @ self.wu.T)                                # (1, d_ff), dense
+            g, u = F.linear(h, self.w_gate_up).split(self.wg.shape[0], -1)
+            g = act(g)
+            zf = g * u                                              # (1, d_ff), dense
             idx = self.method.select(self.i, zf, g, self.lm, h)[0].nonzero()[:, 0]
             z = zf[0, idx]
         if idx.numel() == 0:                                        # nothing kept: the MLP adds 0
             return x.new_zeros(1, 1, self.wd_t.shape[1])
         out = F.embedding_bag(idx[None], self.wd_t, per_sample_weights=z[None], mode="sum")
         return out[None]                                            # (1, 1, d)
-
-
-@contextmanager
-def fused_attention(lm):
-    """Decode needs no attention weights: run it with SDPA attention (moyu loads models with
-    eager attention so that captures can read the weights); restored afterwards, under the lock."""
-    with lm.lock:
-        before = lm.model.config._attn_implementation
-        try:
-            lm.model.set_attn_implementation("sdpa")
-        except (ValueError, ImportError, AttributeError):
-            pass
-        try:
-            yield
-        finally:
-            if lm.model.config._attn_implementation != before:
-                lm.model.set_attn_implementation(before)
 
 
 @torch.inference_mode()
@@ -145,10 +146,16 @@ def _timed_loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
     toks = [tok]
     with decode_ctx() if decode_ctx else nullcontext():
         t1 = time.perf_counter()
-        for _ in range(n - 1):
-            out = lm.model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
-            past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
-            toks.append(tok)
+        if llama_step.supported(lm):
+            dec = llama_step.LlamaDecoder(lm, past, len(ids), n)
+            for _ in range(n - 1):
+                tok = int(dec.step(tok).argmax())
+                toks.append(tok)
+        else:
+            for _ in range(n - 1):
+                out = lm.model(torch.tensor([[tok]]), cache=past, use_cache=True)
+                past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
+                toks.append(tok)
         dt = time.perf_counter() - t1
     return toks, prefill, dt
 
@@ -182,7 +189,7 @@ def generate(lm, text: str | list[int], method: Method | None = None, max_new_to
         return method_intervention(lm, fn)
 
     if method.name == "dense":
-        label, (toks, pre, dt) = "executed", _loop(lm, ids, max_new_tokens)
+        label, (toks, pre, dt) = "executed", _loop(lm, ids, max_new_tokens, None, lambda: sliced_mlps(lm))
     elif not executed:
         label = "simulated"
         toks, pre, dt = _loop(lm, ids, max_new_tokens, prompt_ctx if method.sequence_level else None, masked)

@@ -30,12 +30,12 @@ class Captured:
     z_scale: np.ndarray | None = None  # (L, T): per-row scale, z ~= z_int8 * z_scale
 
 
-def quantize_int8(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of z (N, d_ff) as int8 with a per-row scale max|z|/127 (error <= scale/2).
-    Done per layer inside the hook, while the layer's z is still in cache."""
-    scale = z.abs().amax(dim=1) / 127.0
-    q = torch.round(z / scale.clamp_min(1e-30)[:, None]).to(torch.int8)
-    return q, scale
+def quantize_int8(z: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
+    """Rows of z (N, d_ff) into int8 `q` (N, d_ff) with per-row `scale` (N,) = max|z|/127, so
+    z ~= q * scale within scale/2. Done per layer inside the hook, while z is still in cache,
+    into the capture's preallocated buffers."""
+    torch.maximum(z.amax(dim=1), z.amin(dim=1).neg_(), out=scale).div_(127.0)
+    q.copy_(torch.mul(z, scale.clamp_min(1e-30).reciprocal_()[:, None]).round_())
 
 
 def hook_count(model: torch.nn.Module) -> int:
@@ -103,15 +103,22 @@ def method_intervention(lm: LoadedModel, fn: Callable) -> Iterator[None]:
 
 
 class _Recorder:
-    """Collects z, attention received and residual norms at chosen positions of each sequence."""
+    """Writes z, attention received and residual norms of the chosen positions of each sequence
+    into buffers allocated once for the whole capture (`rows` positions per layer)."""
 
-    def __init__(self, lm: LoadedModel, last_only: bool, int8: bool = False):
+    def __init__(self, lm: LoadedModel, rows: int, last_only: bool, int8: bool = False):
         self.lm, self.last_only, self.int8 = lm, last_only, int8
-        n = lm.n_layers
-        self.z: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        self.scale: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        self.attn: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        self.norm: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        L = lm.n_layers
+        self.z = torch.empty(L, rows, lm.d_ff, dtype=torch.int8 if int8 else torch.float32)
+        self.scale = torch.empty(L, rows)
+        self.attn = torch.empty(L, rows, lm.n_heads)
+        self.norm = torch.empty(L, rows)
+        self.filled = {kind: [0] * L for kind in ("z", "attn", "norm")}  # rows written so far
+
+    def _rows(self, kind: str, i: int, n: int) -> slice:
+        start = self.filled[kind][i]
+        self.filled[kind][i] = start + n
+        return slice(start, start + n)
 
     def _pick(self, t: torch.Tensor) -> torch.Tensor:
         # t: (B, T, ...) -> (B*T', ...) with T' = 1 (last position) or T
@@ -129,10 +136,11 @@ class _Recorder:
     def _z_hook(self, i):
         def pre(_m, args):
             z = self._pick(args[0])
+            rows = self._rows("z", i, len(z))
             if self.int8:
-                z, scale = quantize_int8(z)
-                self.scale[i].append(scale)
-            self.z[i].append(z)
+                quantize_int8(z, self.z[i, rows], self.scale[i, rows])
+            else:
+                self.z[i, rows] = z
         return pre
 
     def _attn_hook(self, i):
@@ -143,24 +151,23 @@ class _Recorder:
             if self.last_only:  # the token's own key, seen by its own query only
                 rec = w[:, :, -1, -1]                      # (B, H)
             else:
-                rec = w.sum(dim=2)[0].T                     # (Tk, H)
-            self.attn[i].append(rec.detach().float())
+                rec = w[0].sum(dim=1).T                     # (Tk, H)
+            self.attn[i, self._rows("attn", i, len(rec))] = rec
         return post
 
     def _norm_hook(self, i):
         def post(_m, _args, out):
             h = out[0] if isinstance(out, tuple) else out  # (B, T, d)
-            self.norm[i].append(self._pick(h.norm(dim=-1, keepdim=True))[:, 0])
+            norm = self._pick(h.norm(dim=-1, keepdim=True))[:, 0]
+            self.norm[i, self._rows("norm", i, len(norm))] = norm
         return post
 
     def result(self) -> Captured:
-        z = torch.stack([torch.cat(zs) for zs in self.z]).numpy()
-        attn = torch.stack([torch.cat(a) for a in self.attn]).permute(0, 2, 1).contiguous().numpy()
-        norm = torch.stack([torch.cat(n) for n in self.norm]).numpy()
+        attn = self.attn.permute(0, 2, 1).contiguous().numpy()
         if self.int8:
-            scale = torch.stack([torch.cat(s) for s in self.scale]).numpy()
-            return Captured(z=None, attn_received=attn, resid_norm=norm, z_int8=z, z_scale=scale)
-        return Captured(z=z, attn_received=attn, resid_norm=norm)
+            return Captured(z=None, attn_received=attn, resid_norm=self.norm.numpy(), z_int8=self.z.numpy(),
+                            z_scale=self.scale.numpy())
+        return Captured(z=self.z.numpy(), attn_received=attn, resid_norm=self.norm.numpy())
 
 
 @torch.inference_mode()
@@ -169,6 +176,8 @@ def capture(lm: LoadedModel, ids: list[int], mode: str = "sequential",
             progress: Callable[[float], None] | None = None, int8: bool = False) -> Captured:
     """Run `ids` through the model and record every token's activations.
 
+    The forward runs the decoder body only (`lm.body`): nothing here reads logits, and the LM
+    head (576 x 49152 for smollm2) is an eighth of a 512-token forward.
     sequential: one forward over the whole sequence (prefix ids, if any, are simply not recorded).
     parallel: each token alone after the shared prefix (the paper's Figure 2 control); the
     recorded position is the token itself, its attention figure the weight it gives its own key.
@@ -177,17 +186,18 @@ def capture(lm: LoadedModel, ids: list[int], mode: str = "sequential",
     if mode not in ("sequential", "parallel"):
         raise ValueError(f"unknown input mode '{mode}' (sequential or parallel)")
     prefix_ids = list(prefix_ids or [])
-    rec = _Recorder(lm, last_only=(mode == "parallel"), int8=int8)
+    rows = len(prefix_ids) + len(ids) if mode == "sequential" else len(ids)
+    rec = _Recorder(lm, rows, last_only=(mode == "parallel"), int8=int8)
     with hooked(lm, rec.hooks()):
         if mode == "sequential":
-            lm.model(torch.tensor([prefix_ids + list(ids)]), use_cache=False)
+            lm.body(torch.tensor([prefix_ids + list(ids)]), use_cache=False)
             if progress:
                 progress(1.0)
         else:
             for start in range(0, len(ids), batch):
                 chunk = ids[start:start + batch]
                 x = torch.tensor([prefix_ids + [t] for t in chunk])
-                lm.model(x, use_cache=False)
+                lm.body(x, use_cache=False)
                 if progress:
                     progress(min(1.0, (start + len(chunk)) / len(ids)))
     got = rec.result()
@@ -249,5 +259,5 @@ def capture_mlp_io(lm: LoadedModel, ids: list[int], layers: list[int]) -> tuple[
         hooks.append((lm.layers[i].mlp, "pre", x_hook(i)))
         hooks.append((lm.layers[i].mlp.down_proj, "pre", z_hook(i)))
     with hooked(lm, hooks):
-        lm.model(torch.tensor([list(ids)]), use_cache=False)
+        lm.body(torch.tensor([list(ids)]), use_cache=False)
     return (torch.stack([xs[i] for i in layers]).numpy(), torch.stack([zs[i] for i in layers]).numpy())

@@ -6,12 +6,14 @@ Nothing is fetched from a model hub: `HF_HUB_OFFLINE=1` is set before transforme
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import json
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -85,7 +87,12 @@ class LoadedModel:
 
     @property
     def layers(self):
-        return self.model.model.layers
+        return self.body.layers
+
+    @property
+    def body(self) -> torch.nn.Module:
+        """The decoder without its LM head: embeddings, layers, final norm."""
+        return self.model.model
 
     @property
     def n_layers(self) -> int:
@@ -254,5 +261,37 @@ def load(name: str = DEFAULT_MODEL, progress: Callable[[str], None] | None = Non
         return lm
 
 
-def set_threads(n: int | None = None) -> None:
+def setup_compute(n: int | None = None) -> None:
+    """Set up this process for model work: torch threads (`MOYU_THREADS`, default 2), and glibc
+    malloc told to keep freed memory instead of returning each large block to the system. Without
+    that every forward maps and faults in fresh pages for its attention weights and MLP
+    activations, which made the same forward vary by +-20% from call to call here."""
     torch.set_num_threads(n or int(os.environ.get("MOYU_THREADS", "2")))
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)   # blocks up to 32 MiB come from the heap
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 * 2**30)    # and freed heap is kept, up to 1 GiB
+    libc.mallopt(_M_TOP_PAD, 64 * 2**20)
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h>
+
+
+@contextmanager
+def fused_attention(lm):
+    """Context: the model runs SDPA attention (moyu loads models with eager attention so that
+    captures can read the weights; decoding and mask computations need none); restored
+    afterwards, under the lock."""
+    with lm.lock:
+        before = lm.model.config._attn_implementation
+        try:
+            lm.model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError, AttributeError):
+            pass
+        try:
+            yield
+        finally:
+            if lm.model.config._attn_implementation != before:
+                lm.model.set_attn_implementation(before)

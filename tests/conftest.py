@@ -17,7 +17,7 @@ def lm():
     """The real default model (smollm2-135m), loaded once."""
     from moyu_core import models
 
-    models.set_threads()
+    models.setup_compute()
     return models.load(models.DEFAULT_MODEL)
 
 

@@ -52,3 +52,22 @@ def test_mlps_restored_when_a_method_raises(lm):
     with pytest.raises(MoyuError):
         generate(lm, TEXT, Boom(make("oracle").params), max_new_tokens=3, executed=True)
     assert [layer.mlp for layer in lm.layers] == mlps and hook_count(lm.model) == 0
+
+
+def test_llama_step_logits_match_transformers(lm):
+    """The hand-written decode step gives transformers' logits, step after step."""
+    from moyu_core import llama_step
+
+    assert llama_step.supported(lm)
+    ids = lm.encode(TEXT)
+    with torch.inference_mode():
+        out = lm.model(torch.tensor([ids]), use_cache=True)
+        tok = int(out.logits[0, -1].argmax())
+        dec = llama_step.LlamaDecoder(lm, out.past_key_values, len(ids), 6)
+        past = out.past_key_values   # the decoder copied it; transformers goes on extending it
+        for _ in range(5):
+            ours = dec.step(tok)
+            ref = lm.model(torch.tensor([[tok]]), cache=past, use_cache=True)
+            past = ref.past_key_values
+            assert torch.allclose(ours, ref.logits[0, -1], atol=1e-3, rtol=1e-4)
+            tok = int(ours.argmax())

@@ -20,7 +20,7 @@ def run(args) -> dict:
 
     if not 0 < args.keep <= 1:
         raise MoyuError("--keep must be in (0, 1]")
-    models.set_threads()
+    models.setup_compute()
     params = ap.ApplicabilityParams(keep=args.keep, windows=args.windows,
                                     models=tuple(m.strip() for m in args.models.split(",") if m.strip()))
     store = Store(args.db)

@@ -47,7 +47,7 @@ def run(args) -> dict:
         models.check_text(text)
     store = Store(args.db)
     lm = models.load(args.model, progress=lambda m: print(m, file=sys.stderr))
-    models.set_threads()
+    models.setup_compute()
     for text in prompts:  # check every prompt before the first forward pass
         lm.encode(text, chat=args.chat, max_tokens=args.max_tokens)
     results = []

@@ -31,7 +31,7 @@ def run(args) -> dict:
                                         keep=args.keep, skip_first=args.skip_first, seed=args.seed)
     store = Store(args.db)
     lm = models.load(args.model, progress=lambda m: print(m, file=sys.stderr))
-    models.set_threads()
+    models.setup_compute()
     res = hh_ablation.run(lm, store, params, force=args.force)
     store.close()
     res["text_summary"] = hh_ablation.summary_text(res)

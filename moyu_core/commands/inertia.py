@@ -38,7 +38,7 @@ def run(args) -> dict:
                                    layers=parse_layers(args.layers), seed=args.seed, prefix=args.prefix)
     store = Store(args.db)
     lm = models.load(args.model, progress=lambda m: print(m, file=sys.stderr))
-    models.set_threads()
+    models.setup_compute()
     res = inertia.run(lm, store, params, force=args.force)
     store.close()
     res.pop("heatmaps", None) if not args.json else None

@@ -31,7 +31,7 @@ def run(args) -> dict:
         raise MoyuError("--keep must be between 0 and 1")
     if args.steps < 1 or args.minutes <= 0:
         raise MoyuError("--steps and --minutes must be positive")
-    models.set_threads()
+    models.setup_compute()
     tp = rs.TrainParams(steps=args.steps, max_minutes=args.minutes, seed=args.seed, suffix=args.suffix)
     print("training the pair (or reusing it)...", file=sys.stderr)
     trained = rs.train_pair(tp, force=args.retrain)

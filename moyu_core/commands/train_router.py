@@ -28,7 +28,7 @@ def run(args) -> dict:
             raise MoyuError(f"--{name.replace('_', '-')} must be positive")
     store = Store(args.db)
     lm = models.load(args.model, progress=lambda m: print(m, file=sys.stderr))
-    models.set_threads()
+    models.setup_compute()
     last = [""]
 
     def progress(frac: float, msg: str = "") -> None:

@@ -37,11 +37,9 @@ def make(name: str, **params) -> Method:
     return cls(p)
 
 
-@torch.inference_mode()
-def masked_logits(lm, method: Method, ids: list[int], apply: bool = True) -> tuple[torch.Tensor, np.ndarray]:
-    """One forward of ids with method's masks applied to z at every layer (apply=False: the
-    forward stays dense and masks are decided on dense activations).
-    Returns logits (T, vocab) and masks bool (L, T, d_ff)."""
+def _selecting_forward(lm, method: Method, ids: list[int], forward, apply: bool):
+    """forward(ids tensor) with the method deciding at every layer; apply: its masks multiply
+    z (else the forward stays dense). Returns the forward's output and masks bool (L, T, d_ff)."""
     from ..hooks import method_intervention
     masks: list[np.ndarray | None] = [None] * lm.n_layers
 
@@ -52,14 +50,27 @@ def masked_logits(lm, method: Method, ids: list[int], apply: bool = True) -> tup
 
     method.prepare(lm)
     with method_intervention(lm, on_z):
-        out = lm.model(torch.tensor([ids]), use_cache=False)
-    return out.logits[0].float(), np.stack(masks)
+        out = forward(torch.tensor([ids]))
+    return out, np.stack(masks)
 
 
+@torch.inference_mode()
+def masked_logits(lm, method: Method, ids: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """One forward of ids with method's masks applied to z at every layer.
+    Returns logits (T, vocab) and masks bool (L, T, d_ff)."""
+    out, masks = _selecting_forward(lm, method, ids, lambda x: lm.model(x, use_cache=False), apply=True)
+    return out.logits[0].float(), masks
+
+
+@torch.inference_mode()
 def keep_masks(lm, method: Method, ids: list[int]) -> np.ndarray:
     """bool (L, T, d_ff): neurons the method keeps for each token of the prompt, decided on the
-    dense forward (griffin's prompt runs dense; drawn against the oracle on the same z)."""
-    return masked_logits(lm, method, ids, apply=False)[1]
+    dense forward (griffin's prompt runs dense; drawn against the oracle on the same z). The
+    forward needs no logits and no attention weights: the decoder body with SDPA attention."""
+    from ..models import fused_attention
+
+    with fused_attention(lm):
+        return _selecting_forward(lm, method, ids, lambda x: lm.body(x, use_cache=False), apply=False)[1]
 
 
 def keep_masks_from_z(lm, method: Method, layer_z) -> np.ndarray | None:

@@ -1,7 +1,10 @@
 """moe: training-free MoEfication (Zhang et al. 2022): neurons clustered into experts."""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -30,17 +33,17 @@ def balanced_kmeans(rows: torch.Tensor, experts: int, iters: int = 8) -> torch.T
     cent = rows[torch.randperm(n, generator=g)[:experts]].clone()
     assign = torch.zeros(n, dtype=torch.long)
     for _ in range(iters):
-        sim = rows @ cent.T                                       # (n, E)
-        order = sim.flatten().argsort(descending=True)
-        assign.fill_(-1)
-        load = torch.zeros(experts, dtype=torch.long)
+        order = (rows @ cent.T).flatten().argsort(descending=True)   # over (row, expert) pairs
+        got, load, left = [-1] * n, [0] * experts, n                 # plain lists: a tight loop
         for f in order.tolist():
             i, e = divmod(f, experts)
-            if assign[i] < 0 and load[e] < cap:
-                assign[i] = e
+            if got[i] < 0 and load[e] < cap:
+                got[i] = e
                 load[e] += 1
-            if int(load.sum()) == n:
-                break
+                left -= 1
+                if not left:
+                    break
+        assign = torch.tensor(got)
         for e in range(experts):
             cent[e] = rows[assign == e].mean(0)
     return assign
@@ -67,9 +70,28 @@ class Moe(Method):
         return Moe._cache[key]
 
     def prepare(self, lm) -> None:
-        if self.params.keep < 1.0:
-            for i in range(lm.n_layers):
-                self.experts_of(i, lm)
+        """Clusters of every layer, read from `cache/moe/` when this model's are there
+        (clustering takes a second or two), else computed and saved there."""
+        if self.params.keep >= 1.0:
+            return
+        E, fp = self.params.experts, getattr(lm, "fingerprint", None)
+        if fp is not None and not all((fp, i, E) in Moe._cache for i in range(lm.n_layers)):
+            from ..models import CACHE_DIR
+            path = Path(CACHE_DIR) / "moe" / f"{lm.name}-{str(fp)[:12]}-E{E}.json"
+            try:
+                saved = [torch.tensor(a, dtype=torch.long) for a in json.loads(path.read_text())]
+                if len(saved) != lm.n_layers or any(a.shape != (lm.d_ff,) or not bool(((a >= 0) & (a < E)).all())
+                                                    for a in saved):
+                    raise ValueError("not this model's clusters")
+                Moe._cache.update({(fp, i, E): a for i, a in enumerate(saved)})
+            except (OSError, ValueError, TypeError):
+                clusters = [self.experts_of(i, lm).tolist() for i in range(lm.n_layers)]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(clusters))
+                tmp.replace(path)
+        for i in range(lm.n_layers):
+            self.experts_of(i, lm)
 
     def select(self, layer, z, gate, lm, x=None):
         if self.params.keep >= 1.0:
