@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -91,6 +94,39 @@ def available_models() -> list[str]:
     from moyu_core import models
 
     return models.available_models()
+
+
+# ---- a run's method inputs, computed in the background ----------------------------------------------
+
+_INPUTS: OrderedDict[tuple, Future] = OrderedDict()
+_INPUTS_LOCK = threading.Lock()
+_INPUTS_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moyu-method-inputs")
+_INPUTS_KEPT = 2   # runs; 1024 tokens of smollm2 take 260 MB
+
+
+def method_inputs(model_name: str, run_id: str) -> Future | None:
+    """The run's gate activations and MLP inputs (`methods.method_inputs`: one dense forward,
+    about a second for 1024 tokens) as a future: a page starts it when it opens, so that the
+    first method reading them is drawn without waiting for the forward; the latest runs are kept.
+    None when the methods package offers no `method_inputs`."""
+    from moyu_core import methods
+
+    if not hasattr(methods, "method_inputs"):
+        return None
+    key = (db_path(), model_name, run_id)
+    with _INPUTS_LOCK:
+        fut = _INPUTS.get(key)
+        if fut is not None and not (fut.done() and fut.exception() is not None):  # failed: again
+            _INPUTS.move_to_end(key)
+            return fut
+        _INPUTS.pop(key, None)
+    lm, ids = model(model_name), [i for i, _ in tokens(run_id)]
+    with _INPUTS_LOCK:
+        if key not in _INPUTS:
+            _INPUTS[key] = _INPUTS_POOL.submit(methods.method_inputs, lm, ids)
+            while len(_INPUTS) > _INPUTS_KEPT:
+                _INPUTS.popitem(last=False)
+        return _INPUTS[key]
 
 
 # ---- cached reads of a run (content-addressed, so safe to share between sessions) ------------------

@@ -89,16 +89,20 @@ def test_no_hook_left_after_error(lm):
     assert hook_count(lm.model) == 0
 
 
-def test_keep_masks_from_stored_z_match_the_forward(lm):
-    """Methods deciding from z alone give the same masks from captured z as from a forward
-    (float32 capture), and the others say they need the forward (None)."""
+def test_keep_masks_without_a_forward_match_the_forward(lm):
+    """Methods deciding from z give the same masks from captured z as from a forward (float32
+    capture); those reading the gate or the MLP input from `method_inputs`; each says None when
+    handed only what it does not read."""
     from moyu_core.hooks import capture
-    from moyu_core.methods import keep_masks_from_z
+    from moyu_core.methods import keep_masks_from, method_inputs
     ids = lm.encode(TEXT)
     z = capture(lm, ids).z
-    for name in ("oracle", "tda", "cett", "griffin", "static"):
+    inputs = method_inputs(lm, ids)
+    assert inputs[0].shape == (lm.n_layers, len(ids), lm.d_ff)
+    for name in ("oracle", "tda", "cett", "griffin", "static", "cats", "moe"):
         m = make(name, keep=0.5)
-        got, ref = keep_masks_from_z(lm, m, lambda i: z[i]), keep_masks(lm, m, ids)
+        got, ref = keep_masks_from(lm, m, lambda i: z[i], inputs), keep_masks(lm, m, ids)
         assert got.shape == ref.shape and (got == ref).mean() > 0.999, name
     for name in ("cats", "moe", "dejavu"):
-        assert keep_masks_from_z(lm, make(name, keep=0.5), lambda i: z[i]) is None
+        assert keep_masks_from(lm, make(name, keep=0.5), layer_z=lambda i: z[i]) is None
+    assert keep_masks_from(lm, make("tda", keep=0.5), inputs=inputs) is None

@@ -35,7 +35,8 @@ def snapshot(store: Store) -> tuple:
     with store._connect() as con:
         counts = tuple(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                        for t in ("runs", "tokens", "activations", "token_stats", "results"))
-        tables = sorted(r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall())
+        tables = sorted(r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                                  "WHERE table_catalog = current_database()").fetchall())
     return counts, tuple(tables), tuple(sorted(r["run_id"] for r in store.list_runs()))
 
 

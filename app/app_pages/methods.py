@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import streamlit as st
@@ -14,6 +15,7 @@ from moyu_core import analysis
 from moyu_core.errors import MoyuError
 
 WINDOW_TOKENS, WINDOW_NEURONS = 40, 256
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="moyu-agreement")
 HIDDEN = {"dense", "oracle"}  # dense is the reference, oracle the comparator: both drawn anyway
 
 
@@ -22,17 +24,19 @@ HIDDEN = {"dense", "oracle"}  # dense is the reference, oracle the comparator: b
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _keep_masks(model_name: str, run_id: str, name: str, params_json: str):
     """The method's keep masks for the run's prompt, bit-packed: (L, T, d_ff / 8) uint8. Methods
-    that decide from z alone are drawn from the stored activations (the z the heatmap shows);
-    the others need one forward over the prompt."""
+    that decide from z are drawn from the stored activations (the z the heatmap shows), the
+    others from the run's gate activations and MLP inputs (one forward shared by all methods and
+    parameters, started in the background when the page opened)."""
     from moyu_core import methods
 
     lm = ui._model(model_name)
     method = methods.make(name, **json.loads(params_json))
     rec = ui.store().run(run_id)
     masks = None
-    from_z = getattr(methods, "keep_masks_from_z", None)
-    if from_z is not None and rec.mode == "sequential" and rec.method == "dense":
-        masks = from_z(lm, method, lambda li: ui.layer(run_id, li))   # no forward: stored z
+    from_stored = getattr(methods, "keep_masks_from", None)
+    if from_stored is not None and rec.mode == "sequential" and rec.method == "dense":
+        inputs = ui.method_inputs(model_name, run_id) if getattr(method, "needs", "z") != "z" else None
+        masks = from_stored(lm, method, lambda li: ui.layer(run_id, li), inputs and inputs.result())
     if masks is None:
         masks = methods.keep_masks(lm, method, [i for i, _ in ui.tokens(run_id)])
     packed = np.packbits(np.asarray(masks, dtype=bool), axis=-1)
@@ -46,14 +50,17 @@ def keep_mask(model_name: str, run_id: str, name: str, params_json: str, layer: 
     return np.unpackbits(packed[layer], axis=-1, count=d_ff).astype(bool)
 
 
+def _agreement(keep: np.ndarray, z: np.ndarray) -> dict:
+    return analysis.mask_agreement(keep, analysis.top_mask(z, max(float(keep.mean()), 1e-6)))
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _per_layer_agreement(model_name: str, run_id: str, name: str, params_json: str, n_layers: int, d_ff: int):
-    out = []
-    for li in range(n_layers):
-        keep = keep_mask(model_name, run_id, name, params_json, li, d_ff)
-        oracle = analysis.top_mask(ui.layer(run_id, li), max(float(keep.mean()), 1e-6))
-        out.append(analysis.mask_agreement(keep, oracle))
-    return out
+    """Agreement with the oracle at every layer; the layers' top-k selections (numpy, which
+    lets go of the GIL) run on two threads."""
+    keeps = [keep_mask(model_name, run_id, name, params_json, li, d_ff) for li in range(n_layers)]
+    zs = [ui.layer(run_id, li) for li in range(n_layers)]
+    return list(_POOL.map(_agreement, keeps, zs))
 
 
 def kept_share(model_name: str, run_id: str, name: str, params_json: str) -> float:
@@ -241,6 +248,8 @@ def main() -> None:
     if rec is None:
         return
     ui.run_header(rec)
+    if rec.mode == "sequential" and rec.method == "dense":
+        ui.method_inputs(rec.model, rid)   # starts the forward the gate/input methods read
     names = [n for n in registry if n not in HIDDEN]
     c1, c2, c3 = st.columns([3, 2, 2])
     k_m = ui.url_state("method", names[:1], lambda s: [n for n in s.split(",") if n],

@@ -73,16 +73,46 @@ def keep_masks(lm, method: Method, ids: list[int]) -> np.ndarray:
         return _selecting_forward(lm, method, ids, lambda x: lm.body(x, use_cache=False), apply=False)[1]
 
 
-def keep_masks_from_z(lm, method: Method, layer_z) -> np.ndarray | None:
-    """bool (L, T, d_ff) decided from already-captured dense z (`layer_z(layer)` -> (T, d_ff)
-    float32, e.g. the store's) with no forward, for methods that decide from z alone
-    (`needs == "z"`); None for methods that need the gate activation or the MLP input."""
-    if getattr(method, "needs", None) != "z":
+@torch.inference_mode()
+def method_inputs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the methods that do not decide from z read, for every layer and token of a prompt,
+    from one dense forward (decoder body, SDPA): gate = act(gate_proj(x)) (L, T, d_ff) and the
+    MLP input x (L, T, d), float32. With the stored z it lets `keep_masks_from` draw any method's
+    masks, at any parameters, without another forward."""
+    from ..hooks import method_intervention
+    from ..models import fused_attention
+    gate = torch.empty(lm.n_layers, len(ids), lm.d_ff)
+    x = torch.empty(lm.n_layers, len(ids), lm.layers[0].mlp.gate_proj.in_features)
+
+    def grab(i, z, g, xi):
+        gate[i], x[i] = g, xi
+
+    with fused_attention(lm), method_intervention(lm, grab):
+        lm.body(torch.tensor([ids]), use_cache=False)
+    return gate, x
+
+
+def keep_masks_from(lm, method: Method, layer_z=None, inputs=None) -> np.ndarray | None:
+    """bool (L, T, d_ff) with no forward: from already-captured dense z (`layer_z(layer)` ->
+    (T, d_ff), e.g. the store's) for methods that decide from z, from `method_inputs(...)` =
+    (gate, x) for those that read the gate activation or the MLP input; None when what the
+    method needs was not given."""
+    needs = getattr(method, "needs", None)
+    if needs == "z" and layer_z is not None:
+        def args(i):
+            return torch.as_tensor(np.array(layer_z(i), dtype=np.float32)), None, None
+    elif needs in ("gate", "x") and inputs is not None:
+        def args(i):
+            return None, inputs[0][i], inputs[1][i]
+    else:
         return None
     method.prepare(lm)
     with torch.inference_mode():
-        return np.stack([method.select(i, torch.from_numpy(np.ascontiguousarray(layer_z(i), dtype=np.float32)),
-                                       None, lm, None).numpy() for i in range(lm.n_layers)])
+        masks = []
+        for i in range(lm.n_layers):
+            z, gate, x = args(i)
+            masks.append(method.select(i, z, gate, lm, x).numpy())
+        return np.stack(masks)
 
 
-__all__ = ["REGISTRY", "make", "keep_masks", "keep_masks_from_z", "masked_logits", "Method"]
+__all__ = ["REGISTRY", "make", "keep_masks", "keep_masks_from", "method_inputs", "masked_logits", "Method"]
