@@ -108,6 +108,11 @@ def thresholds(lm, kind: str, value: float) -> list[float]:
     with _lock:
         if key in _memo:
             return _memo[key]
+    # the model's lock first, the order of every hooked forward: another thread's forward (the
+    # app's background one) finishes before this looks for hooks, so hooks seen are this thread's
+    with lm.lock, _lock:
+        if key in _memo:
+            return _memo[key]
         path, name = _path(lm), f"{kind}:{round(float(value), 6)}"
         saved = {}
         if path.exists():
