@@ -29,25 +29,14 @@ from .hooks import method_intervention
 from .models import fused_attention
 from .methods import Method, make
 
-_WEIGHTS: dict[tuple, torch.Tensor] = {}
-
-
-def _cached(lm, i: int, kind: str, build) -> torch.Tensor:
-    """A derived weight of layer i (built once per model and kept)."""
-    key = (lm.name, str(lm.fingerprint), i, kind)
-    if key not in _WEIGHTS:
-        _WEIGHTS[key] = build().contiguous()
-    return _WEIGHTS[key]
-
-
 def _gate_up(lm, i: int, mlp) -> torch.Tensor:
     """gate_proj and up_proj rows stacked, (2 d_ff, d): both from one matrix product."""
-    return _cached(lm, i, "gate_up", lambda: torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach())
+    return lm.derived((i, "gate_up"), lambda: torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
 
 
 def _down_t(lm, i: int, mlp) -> torch.Tensor:
     """W_down transposed to (d_ff, d), so a neuron's output column is one row."""
-    return _cached(lm, i, "down_t", lambda: mlp.down_proj.weight.detach().T)
+    return lm.derived((i, "down_t"), lambda: mlp.down_proj.weight.T)
 
 
 @contextmanager

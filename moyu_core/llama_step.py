@@ -3,19 +3,18 @@
 transformers' forward spends a good part of a 135M model's decode step outside the matrix
 products (mask building, cache objects, output records, wrappers around every layer); that fixed
 cost is the same for dense and for a sparse MLP and so hides what sparsity buys. This step calls
-the model's own modules (norms, projections, rotary embedding, `layer.mlp`, so a swapped or
-hooked MLP is used as it is) with a preallocated KV cache and SDPA, nothing else. q, k and v come
-from one matrix product over their concatenated weights. Other architectures (gemma3: sliding
-windows, q/k norms, four norms a layer) decode through transformers' forward.
+the model's own weights and modules (rotary embedding, `layer.mlp`, so a swapped or hooked MLP
+is used as it is) with a preallocated KV cache: q, k and v from one matrix product over their
+stacked weights, RoPE on q and k at once, single-query attention per group of query heads.
+Other architectures (gemma3: sliding windows, q/k norms, four norms a layer) decode through
+transformers' forward.
 
-`tests/test_decode.py` checks that it gives transformers' greedy tokens.
+`tests/test_decode.py` checks its logits against transformers' step after step.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-_QKV: dict[tuple, torch.Tensor] = {}
 
 
 def supported(lm) -> bool:
@@ -23,11 +22,8 @@ def supported(lm) -> bool:
 
 
 def _qkv_weight(lm, i: int) -> torch.Tensor:
-    key = (lm.name, str(lm.fingerprint), i)
-    if key not in _QKV:
-        a = lm.layers[i].self_attn
-        _QKV[key] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().contiguous()
-    return _QKV[key]
+    a = lm.layers[i].self_attn
+    return lm.derived((i, "qkv"), lambda: torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
 
 
 class LlamaDecoder:

@@ -84,6 +84,14 @@ class LoadedModel:
     fingerprint: str
     load_seconds: float
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _derived: dict = field(default_factory=dict, repr=False)
+
+    def derived(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A tensor derived from the weights (stacked or transposed for decoding), built once
+        and kept with the model."""
+        if key not in self._derived:
+            self._derived[key] = build().detach().contiguous()
+        return self._derived[key]
 
     @property
     def layers(self):

@@ -46,8 +46,7 @@ _SCHEMA = [
         run_id VARCHAR, layer SMALLINT, pos INTEGER, scale FLOAT,
         vec BLOB USING COMPRESSION uncompressed)""",
     """CREATE TABLE IF NOT EXISTS token_stats (
-        run_id VARCHAR, layer SMALLINT, pos INTEGER, resid_norm FLOAT,
-        attn_received FLOAT[])""",
+        run_id VARCHAR, layer SMALLINT, pos INTEGER, resid_norm FLOAT, attn_received FLOAT[])""",
     """CREATE TABLE IF NOT EXISTS results (
         key VARCHAR PRIMARY KEY, kind VARCHAR, model VARCHAR, method VARCHAR, params VARCHAR,
         result VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp)""",
