@@ -12,7 +12,7 @@ a fresh process opens the database and checks:
 - it opens (the WAL is replayed);
 - no acknowledged run is lost: every ACKed run id is there;
 - no half-written run is visible: every run has exactly n_tokens token rows and n_layers*n_tokens
-  activation and token_stats rows, its activations decode to finite numbers, and no row belongs
+  activation rows, its activations decode to finite numbers, and no row belongs
   to a run that is not in the runs table.
 
 Prints the figures (and one JSON line with --json). Exit status 1 if any check fails.
@@ -78,14 +78,14 @@ def check(db: str, acked: list[str]) -> dict:
     with store._connect() as con:
         runs = con.execute("SELECT run_id, n_tokens, n_layers FROM runs").fetchall()
         counts = {}
-        for table in ("tokens", "activations", "token_stats"):
+        for table in ("tokens", "activations"):
             counts[table] = dict(con.execute(f"SELECT run_id, count(*) FROM {table} GROUP BY run_id").fetchall())
     open_s = time.monotonic() - t0
     present = {r[0] for r in runs}
     lost = [rid for rid in acked if rid not in present]
     half = []
     for rid, T, L in runs:
-        if (counts["tokens"].get(rid), counts["activations"].get(rid), counts["token_stats"].get(rid)) != (T, L * T, L * T):
+        if (counts["tokens"].get(rid), counts["activations"].get(rid)) != (T, L * T):
             half.append(rid)
             continue
         z = store.activations(rid, L - 1)

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import MoyuError
-from .store import DTYPES, SCHEMA_VERSION, RunRecord, Store, content_hash
+from .store import DTYPES, RUN_FORMAT, RunRecord, Store, content_hash
 
 FORMAT = "moyu-bundle"
 FORMAT_VERSION = 1
@@ -87,7 +87,7 @@ def export_runs(store: Store, run_ids: list[str], out_path: str | Path) -> Path:
         rec, tbl = store.run_rows(rid)
         records.append({k: rec[k] for k in _RECORD_FIELDS} | {"created_at": rec["created_at"]})
         tables.append(tbl.cast(SCHEMA))
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": RUN_FORMAT,
                 "runs": records, "results": store.results_for_runs(ids)}
     blob = json.dumps(manifest, sort_keys=True, default=str)
     if "NaN" in blob or "Infinity" in blob:  # results may hold undefined metrics: store them as null
@@ -211,9 +211,9 @@ def check_file(path: str | Path) -> Checked:
         raise _fail(path, "the manifest is not valid JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _fail(path, "not a moyu bundle (manifest format)")
-    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("schema_version") != RUN_FORMAT:
         raise _fail(path, f"bundle format {manifest.get('format_version')}/schema {manifest.get('schema_version')}; "
-                          f"this moyu reads {FORMAT_VERSION}/{SCHEMA_VERSION}")
+                          f"this moyu reads {FORMAT_VERSION}/{RUN_FORMAT}")
     runs, results = manifest.get("runs"), manifest.get("results", [])
     if not isinstance(runs, list) or not 1 <= len(runs) <= MAX_RUNS or not isinstance(results, list) \
             or len(results) > 100_000:
@@ -239,7 +239,7 @@ def run_id_matches(rec: dict, token_ids: list[int]) -> bool | None:
         return None
     return rec["run_id"] == content_hash({"fingerprint": rec["fingerprint"], "ids": token_ids, "mode": rec["mode"],
                                           "prefix": [], "method": rec["method"], "params": rec["params"],
-                                          "dtype": rec["dtype"], "schema": SCHEMA_VERSION})
+                                          "dtype": rec["dtype"], "schema": RUN_FORMAT})
 
 
 class _Coverage:

@@ -11,7 +11,7 @@ from typing import Callable
 from . import hooks
 from .errors import MoyuError
 from .models import LoadedModel
-from .store import SCHEMA_VERSION, DTYPES, RunRecord, Store, content_hash
+from .store import RUN_FORMAT, DTYPES, RunRecord, Store, content_hash
 
 MODES = ("sequential", "parallel")
 
@@ -33,7 +33,7 @@ def run_id_for(lm: LoadedModel, ids: list[int], mode: str, prefix_ids: list[int]
                method: str = "dense", params: dict | None = None) -> str:
     return content_hash({"fingerprint": lm.fingerprint, "ids": ids, "mode": mode, "prefix": prefix_ids,
                          "method": method, "params": params or {}, "dtype": dtype,
-                         "schema": SCHEMA_VERSION})
+                         "schema": RUN_FORMAT})
 
 
 def capture_run(lm: LoadedModel, store: Store, text: str, mode: str = "sequential", prefix: str = "",

@@ -34,7 +34,7 @@ def synthetic_run(store: Store, T: int = 5, L: int = 2, D: int = 16, H: int = 3,
 def snapshot(store: Store) -> tuple:
     with store._connect() as con:
         counts = tuple(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                       for t in ("runs", "tokens", "activations", "token_stats", "results"))
+                       for t in ("runs", "tokens", "activations", "results"))
         tables = sorted(r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
                                                   "WHERE table_catalog = current_database()").fetchall())
     return counts, tuple(tables), tuple(sorted(r["run_id"] for r in store.list_runs()))

@@ -76,6 +76,43 @@ def test_schema_version_mismatch_is_a_clear_error(tmp_path):
         Store(path)
 
 
+def test_schema_1_file_is_converted_on_open(tmp_path):
+    """A file of schema 1 (attention received as float32 lists in a table of its own) opens as
+    schema 2: runs keep their ids and activations, attention comes back within float16's precision."""
+    path = tmp_path / "v1.duckdb"
+    db = Store(path)
+    rec = _record()
+    z = _put(db, rec)
+    norm = db.token_stats("r1")[1]
+    attn = np.random.default_rng(7).random((2, 5, 4)).astype(np.float32) * 300  # (L, T, H), not float16
+    db.close()
+    con = duckdb.connect(str(path))  # rewrite it as schema 1 had it
+    con.execute("CREATE TABLE old AS SELECT run_id, layer, pos, scale, vec FROM activations")
+    con.execute("DROP TABLE activations")
+    con.execute("ALTER TABLE old RENAME TO activations")
+    con.execute("CREATE TABLE token_stats (run_id VARCHAR, layer SMALLINT, pos INTEGER, resid_norm FLOAT, "
+                "attn_received FLOAT[])")
+    for layer in range(2):
+        for pos in range(5):
+            con.execute("INSERT INTO token_stats VALUES ('r1', ?, ?, ?, ?)",
+                        [layer, pos, float(norm[layer, pos]), attn[layer, pos].tolist()])
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+
+    db = Store(path)
+    got_attn, got_norm = db.token_stats("r1")
+    np.testing.assert_allclose(got_attn, attn.transpose(0, 2, 1), rtol=1e-3)
+    np.testing.assert_array_equal(got_norm, norm)
+    for layer in range(2):
+        assert np.abs(db.activations("r1", layer) - z[layer]).max() <= 0.005 * np.abs(z[layer]).max()
+    db.close()
+    con = duckdb.connect(str(path))
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert "token_stats" not in tables and "activations" in tables
+    con.close()
+
+
 def test_layer_out_of_range_and_unknown_run(db):
     _put(db, _record())
     with pytest.raises(MoyuError, match="out of range"):
