@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import streamlit as st
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,9 +107,8 @@ _INPUTS_KEPT = 2   # runs; 1024 tokens of smollm2 take 260 MB
 
 def method_inputs(model_name: str, run_id: str) -> Future | None:
     """The run's gate activations and MLP inputs (`methods.method_inputs`: one dense forward,
-    about a second for 1024 tokens) as a future: a page starts it when it opens, so that the
-    first method reading them is drawn without waiting for the forward; the latest runs are kept.
-    None when the methods package offers no `method_inputs`."""
+    about 1.5 s for 1024 tokens on 2 cores) as a future; the latest runs are kept. None when the
+    methods package offers no `method_inputs`."""
     from moyu_core import methods
 
     if not hasattr(methods, "method_inputs"):
@@ -125,8 +125,63 @@ def method_inputs(model_name: str, run_id: str) -> Future | None:
         if key not in _INPUTS:
             _INPUTS[key] = _INPUTS_POOL.submit(methods.method_inputs, lm, ids)
             while len(_INPUTS) > _INPUTS_KEPT:
-                _INPUTS.popitem(last=False)
+                _INPUTS.popitem(last=False)[1].cancel()  # a forward still queued is not run
         return _INPUTS[key]
+
+
+def prepare_methods(rec) -> None:
+    """Start, in the background, what the Methods page draws from as soon as any page shows a
+    dense sequential run, so that it is there when the user picks a method: the forward the
+    gate/input methods (cats, moe, dejavu) read, and the oracle at the session's keep for every
+    layer (every method keeping that share is compared with it). Pages call this after drawing,
+    so their own first view is not slowed."""
+    if rec.mode != "sequential" or rec.method != "dense" or not methods_registry():
+        return
+    method_inputs(rec.model, rec.run_id)
+    from moyu_core import methods
+
+    keep_count = getattr(methods, "keep_count", None)  # the share a keep-based method keeps
+    if keep_count is None:
+        return
+    share = keep_count(rec.d_ff, float(st.session_state.get("prefs", {}).get("keep", 0.5))) / rec.d_ff
+    with _ORACLES_LOCK:
+        if (db_path(), rec.run_id, share) in _PREFETCHED:
+            return
+        if len(_PREFETCHED) > 64:
+            _PREFETCHED.clear()
+        _PREFETCHED.add((db_path(), rec.run_id, share))
+    s = store()
+    _INPUTS_POOL.submit(lambda: [oracle_mask(rec.run_id, li, share, s.activations(rec.run_id, li))
+                                 for li in range(rec.n_layers)])
+
+
+# ---- the oracle: each token's top share of neurons by |z| ---------------------------------------------
+
+_ORACLES: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
+_ORACLES_LOCK = threading.Lock()
+_ORACLES_KEPT = 256  # (run, layer, share) entries, packed: 200 KB each for 1024 tokens of smollm2
+_PREFETCHED: set[tuple] = set()  # (database, run, share) already handed to the background worker
+
+
+def oracle_mask(run_id: str, layer_index: int, share: float, z: np.ndarray | None = None) -> np.ndarray:
+    """bool (T, d_ff): the oracle at `share` (`analysis.top_mask` of the layer's z), kept for the
+    latest (run, layer, share): every method and keep that keeps the same share reuses it. Safe to
+    call from worker threads when `z` is given."""
+    from moyu_core import analysis
+
+    key = (db_path(), run_id, int(layer_index), float(share))
+    with _ORACLES_LOCK:
+        hit = _ORACLES.get(key)
+        if hit is not None:
+            _ORACLES.move_to_end(key)
+    if hit is not None:
+        return np.unpackbits(hit[0], axis=-1, count=hit[1]).astype(bool)
+    mask = analysis.top_mask(layer(run_id, layer_index) if z is None else z, share)
+    with _ORACLES_LOCK:
+        _ORACLES[key] = (np.packbits(mask, axis=-1), mask.shape[1])
+        while len(_ORACLES) > _ORACLES_KEPT:
+            _ORACLES.popitem(last=False)
+    return mask
 
 
 # ---- cached reads of a run (content-addressed, so safe to share between sessions) ------------------

@@ -190,6 +190,7 @@ def main() -> None:
     layer_view(rec)
     all_layers(rec)
     share_box(rec)
+    ui.prepare_methods(rec)
 
 
 ui.guard(main)

@@ -118,6 +118,7 @@ def main() -> None:
         "layer", "share"), width="stretch")
     if massive:
         st.caption("Massive activations at tokens: " + ", ".join(f"{i} ({pieces[i]!r})" for i in massive[:20]))
+    ui.prepare_methods(rec)
 
 
 ui.guard(main)

@@ -50,23 +50,25 @@ def keep_mask(model_name: str, run_id: str, name: str, params_json: str, layer: 
     return np.unpackbits(packed[layer], axis=-1, count=d_ff).astype(bool)
 
 
-def _agreement(keep: np.ndarray, z: np.ndarray) -> dict:
-    return analysis.mask_agreement(keep, analysis.top_mask(z, max(float(keep.mean()), 1e-6)))
+def oracle_for(run_id: str, layer: int, keep: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The oracle keeping the same share as `keep` (bool (T, d_ff)) at this layer."""
+    return ui.oracle_mask(run_id, layer, max(np.count_nonzero(keep) / max(1, keep.size), 1e-6), z)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _per_layer_agreement(model_name: str, run_id: str, name: str, params_json: str, n_layers: int, d_ff: int):
-    """Agreement with the oracle at every layer; the layers' top-k selections (numpy, which
-    lets go of the GIL) run on two threads."""
+    """Agreement with the oracle at every layer, on two threads."""
     keeps = [keep_mask(model_name, run_id, name, params_json, li, d_ff) for li in range(n_layers)]
     zs = [ui.layer(run_id, li) for li in range(n_layers)]
-    return list(_POOL.map(_agreement, keeps, zs))
+    return list(_POOL.map(lambda li: analysis.mask_agreement(keeps[li], oracle_for(run_id, li, keeps[li], zs[li])),
+                          range(n_layers)))
 
 
 def kept_share(model_name: str, run_id: str, name: str, params_json: str) -> float:
     """Share of all (layer, token, neuron) entries the method keeps on this prompt."""
     packed = _keep_masks(model_name, run_id, name, params_json)
-    return float(np.unpackbits(packed).mean()) * packed.shape[-1] * 8 / ui.store().run(run_id).d_ff
+    L, T, _ = packed.shape
+    return int(np.bitwise_count(packed).sum()) / (L * T * ui.store().run(run_id).d_ff)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -207,7 +209,7 @@ def mask_block(lm, rec, name: str, params: dict, li: int) -> None:
     with st.spinner(f"{name}: which neurons it keeps for this prompt…"):
         keep = keep_mask(lm.name, rec.run_id, name, pj, li, rec.d_ff)  # (T, d_ff)
     z = ui.layer(rec.run_id, li)
-    oracle = analysis.top_mask(z, max(float(keep.mean()), 1e-6))
+    oracle = oracle_for(rec.run_id, li, keep, z)
     agree = analysis.mask_agreement(keep, oracle)
     cats = analysis.mask_categories(keep, oracle)
     perm = analysis.neuron_order(z, "frequency")
@@ -248,8 +250,7 @@ def main() -> None:
     if rec is None:
         return
     ui.run_header(rec)
-    if rec.mode == "sequential" and rec.method == "dense":
-        ui.method_inputs(rec.model, rid)   # starts the forward the gate/input methods read
+    ui.prepare_methods(rec)  # here at once: this page reads it
     names = [n for n in registry if n not in HIDDEN]
     c1, c2, c3 = st.columns([3, 2, 2])
     k_m = ui.url_state("method", names[:1], lambda s: [n for n in s.split(",") if n],

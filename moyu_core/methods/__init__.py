@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import MoyuError
-from .base import Method
+from .base import Method, keep_count
 from .cats import Cats
 from .cett import Cett
 from .dejavu import Dejavu
@@ -115,4 +115,4 @@ def keep_masks_from(lm, method: Method, layer_z=None, inputs=None) -> np.ndarray
         return np.stack(masks)
 
 
-__all__ = ["REGISTRY", "make", "keep_masks", "keep_masks_from", "method_inputs", "masked_logits", "Method"]
+__all__ = ["REGISTRY", "make", "keep_masks", "keep_masks_from", "method_inputs", "masked_logits", "Method", "keep_count"]

@@ -43,10 +43,15 @@ class Method:
         raise NotImplementedError
 
 
+def keep_count(n: int, keep: float) -> int:
+    """How many of n entries `topk_mask` keeps at `keep`."""
+    return max(1, int(round(keep * n)))
+
+
 def topk_mask(score: torch.Tensor, keep: float) -> torch.Tensor:
-    """Bool mask keeping the top ceil(keep * n) entries of the last dim of score."""
+    """Bool mask keeping the top round(keep * n) entries (at least one) of the last dim of score."""
     n = score.shape[-1]
-    k = max(1, int(round(keep * n)))
+    k = keep_count(n, keep)
     if k >= n:
         return torch.ones_like(score, dtype=torch.bool)
     idx = score.topk(k, dim=-1, sorted=False).indices     # unsorted: 2.5x faster, same set
