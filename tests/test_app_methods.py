@@ -186,3 +186,25 @@ def test_methods_page_dejavu_without_router_offers_training(app_db, tmp_path, mo
     assert not at.error, [e.value for e in at.error]
     assert any(b.label == "Train router" for b in at.button)
     assert "Recall of the oracle" in {m.label for m in at.metric}
+
+
+def test_a_page_showing_a_run_prepares_the_methods_page(app_db, lm):  # noqa: F811
+    """Explore, once drawn, starts in the background the forward the gate/input methods read and
+    the oracle at the session's keep for every layer; both equal what is computed directly."""
+    import moyu_ui
+    from moyu_core import analysis, methods
+
+    store, rid = app_db
+    at = open_app(run=rid)  # Explore
+    assert_clean(at)
+    gate, x = moyu_ui._INPUTS[(moyu_ui.db_path(), lm.name, rid)].result(timeout=120)
+    ids = [i for i, _ in store.tokens(rid)]
+    want_gate, want_x = methods.method_inputs(lm, ids)
+    np.testing.assert_allclose(gate, want_gate, atol=1e-5)
+    np.testing.assert_allclose(x, want_x, atol=1e-5)
+    moyu_ui._INPUTS_POOL.submit(lambda: None).result(timeout=120)  # one worker: the oracle is done
+    for li in range(lm.n_layers):
+        assert (moyu_ui.db_path(), rid, li, 0.5) in moyu_ui._ORACLES
+    for li in (0, lm.n_layers - 1):
+        np.testing.assert_array_equal(moyu_ui.oracle_mask(rid, li, 0.5),
+                                      analysis.top_mask(store.activations(rid, li), 0.5))
