@@ -93,16 +93,22 @@ def _unblob(col: pa.ChunkedArray | pa.Array, dtype, width: int | None = None) ->
     return raw.reshape(len(arr), width if width is not None else raw.size // max(len(arr), 1))
 
 
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
 def _attn_blobs(attn: np.ndarray) -> pa.BinaryArray:
     """Attention received (rows, heads) as the float16 BLOBs of the activations table."""
-    return _blobs(attn.astype(np.float16))
+    return _blobs(np.clip(attn, -_F16_MAX, _F16_MAX).astype(np.float16))
 
 
-def _list_rows(col) -> np.ndarray:
-    """(rows, width) float32 from a column of equal-length float lists (schema 1, bundles)."""
+def _attn_blobs_from_lists(col) -> pa.BinaryArray:
+    """The same from a column of float lists (schema 1 files, bundles; lengths may differ
+    between runs)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    width = int(arr.value_lengths()[0].as_py()) if len(arr) else 0
-    return arr.flatten().to_numpy().astype(np.float32).reshape(len(arr), width)
+    values = np.clip(arr.flatten().to_numpy(), -_F16_MAX, _F16_MAX).astype(np.float16)
+    offsets = arr.offsets.to_numpy()
+    return pa.BinaryArray.from_buffers(pa.binary(), len(arr), [
+        None, pa.py_buffer(((offsets - offsets[0]) * 2).astype(np.int32)), pa.py_buffer(values)])
 
 
 def _attn_lists(col) -> pa.ListArray:
@@ -274,7 +280,7 @@ class Store:
                 tbl = con.sql("SELECT a.run_id, a.layer, a.pos, a.scale, a.vec, s.resid_norm, s.attn_received "
                               "FROM activations a JOIN token_stats s USING (run_id, layer, pos) "
                               "WHERE a.run_id = ? ORDER BY a.layer, a.pos", params=[rid]).to_arrow_table()
-                tbl = tbl.set_column(6, "attn_received", _attn_blobs(_list_rows(tbl.column(6))))
+                tbl = tbl.set_column(6, "attn_received", _attn_blobs_from_lists(tbl.column(6)))
                 con.register("_old", tbl)
                 con.execute("INSERT INTO activations_2 SELECT * FROM _old")
                 con.unregister("_old")
@@ -492,7 +498,7 @@ class Store:
                              rec["n_tokens"], rec["n_layers"], rec["d_ff"], rec["n_heads"], rec["dtype"]])
             for tbl in tables:
                 i = tbl.schema.get_field_index("attn_received")
-                tbl = tbl.set_column(i, "attn_received", _attn_blobs(_list_rows(tbl.column(i))))
+                tbl = tbl.set_column(i, "attn_received", _attn_blobs_from_lists(tbl.column(i)))
                 con.register("_imp", tbl)
                 con.execute(f"INSERT INTO activations SELECT {_ACT_COLUMNS} FROM _imp")
                 con.execute("INSERT INTO tokens SELECT run_id, pos, token_id, piece FROM _imp WHERE layer = 0")

@@ -302,3 +302,18 @@ def test_team_store_reads_in_place(source, tmp_path):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in team.iterdir()) == files_before
     assert snapshot(local)[0][0] == 1  # nothing copied
     local.close()
+
+
+def test_import_of_a_row_group_mixing_head_counts(tmp_path):
+    """One row group may hold runs of models with different head counts: attention received is
+    converted row by row, each run reads back what was exported."""
+    a, b = Store(tmp_path / "a.duckdb"), Store(tmp_path / "b.duckdb")
+    r3, r5 = synthetic_run(a, H=3, seed=1), synthetic_run(a, H=5, seed=2, text="other")
+    path = bundle.export_runs(a, [r3, r5], tmp_path / "two.parquet")
+    one = tmp_path / "one.parquet"
+    rewrite(path, one, lambda t: t)
+    assert pq.read_metadata(one).num_row_groups == 1
+    assert bundle.import_bundle(b, one) == [r3, r5]
+    for rid in (r3, r5):
+        for x, y in zip(a.token_stats(rid), b.token_stats(rid)):
+            np.testing.assert_array_equal(x, y)
