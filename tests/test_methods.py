@@ -36,6 +36,20 @@ def test_identity_every_method_real_model(lm):
     assert hook_count(lm.model) == 0
 
 
+def test_topk_mask_is_torch_topk_on_distinct_scores():
+    from moyu_core.methods.base import topk_mask
+
+    score = torch.randn(64, 1536)
+    for keep in (0.1, 0.5, 0.75):
+        k = round(keep * 1536)
+        ref = torch.zeros_like(score, dtype=torch.bool).scatter_(1, score.topk(k, dim=1).indices, True)
+        assert torch.equal(topk_mask(score, keep), ref)
+    tied = torch.randint(-3, 4, (64, 1536)).float()  # ties at the k-th value: still exactly k
+    assert (topk_mask(tied, 0.5).sum(dim=1) == 768).all()
+    v = score[0]  # a vector (griffin, static)
+    assert torch.equal(topk_mask(v, 0.5), torch.zeros_like(v, dtype=torch.bool).scatter_(0, v.topk(768).indices, True))
+
+
 def test_griffin_keeps_flocking_topk(lm):
     from moyu_core.hooks import capture
     ids = lm.encode(TEXT)

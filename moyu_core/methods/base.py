@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import MoyuError
@@ -54,5 +55,11 @@ def topk_mask(score: torch.Tensor, keep: float) -> torch.Tensor:
     k = keep_count(n, keep)
     if k >= n:
         return torch.ones_like(score, dtype=torch.bool)
+    if score.device.type == "cpu" and score.dtype == torch.float32:
+        # the k-th largest value by a value partition, then a comparison: a third of topk's time
+        a = score.detach().reshape(-1, n).numpy()
+        mask = a >= np.partition(a, n - k, axis=1)[:, n - k, None]
+        if (np.count_nonzero(mask, axis=1) == k).all():  # no ties at the k-th value: the top-k set
+            return torch.from_numpy(mask).reshape(score.shape)
     idx = score.topk(k, dim=-1, sorted=False).indices     # unsorted: 2.5x faster, same set
     return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True)
