@@ -150,7 +150,7 @@ def prepare_methods(rec) -> None:
         if len(_PREFETCHED) > 64:
             _PREFETCHED.clear()
         _PREFETCHED.add((db_path(), rec.run_id, share))
-    s = store()
+    s = store()  # the worker reads z from the store: the st.cache_resource readers are the page's
     _INPUTS_POOL.submit(lambda: [oracle_mask(rec.run_id, li, share, s.activations(rec.run_id, li))
                                  for li in range(rec.n_layers)])
 

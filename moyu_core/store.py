@@ -86,12 +86,12 @@ def _blobs(rows: np.ndarray) -> pa.BinaryArray:
     return pa.BinaryArray.from_buffers(pa.binary(), len(rows), [None, offsets, pa.py_buffer(rows)])
 
 
-def _unblob(col: pa.ChunkedArray | pa.Array, dtype, width: int | None = None) -> np.ndarray:
+def _unblob(col: pa.ChunkedArray | pa.Array, dtype, width: int) -> np.ndarray:
     """The inverse of `_blobs`: (rows, width) of `dtype` from a column of equal-length BLOBs."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + len(arr) + 1]
     raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].view(dtype)
-    return raw.reshape(len(arr), width if width is not None else raw.size // max(len(arr), 1))
+    return raw.reshape(len(arr), width)
 
 
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -112,9 +112,9 @@ def _attn_blobs_from_lists(col) -> pa.BinaryArray:
         None, pa.py_buffer(((offsets - offsets[0]) * 2).astype(np.int32)), pa.py_buffer(values)])
 
 
-def _attn_lists(col) -> pa.ListArray:
+def _attn_lists(col, heads: int) -> pa.ListArray:
     """Attention BLOBs back to the list<float32> of a run's rows (export, bundles)."""
-    attn = _unblob(col, np.float16).astype(np.float32)
+    attn = _unblob(col, np.float16, heads).astype(np.float32)
     offsets = pa.array(np.arange(len(attn) + 1, dtype=np.int32) * attn.shape[1])
     return pa.ListArray.from_arrays(offsets, pa.array(attn.ravel()))
 
@@ -470,7 +470,7 @@ class Store:
         rec["params"] = json.loads(rec["params"] or "{}")
         rec["created_at"] = str(rec["created_at"])
         i = tbl.schema.get_field_index("attn_received")
-        return rec, tbl.set_column(i, "attn_received", _attn_lists(tbl.column(i)))
+        return rec, tbl.set_column(i, "attn_received", _attn_lists(tbl.column(i), rec["n_heads"]))
 
     def results_for_runs(self, run_ids: list[str]) -> list[dict]:
         """Results rows whose key mentions one of the runs (metrics tied to them), for export."""
