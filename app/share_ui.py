@@ -2,16 +2,16 @@
 bundle, see the attached team folder. UI only: every check lives in moyu_core.bundle."""
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
 import streamlit as st
 
-from moyu_core import bundle
+import ui_reads
+import ui_state
+from ui_errors import log
+from moyu_core import share as bundle
 from moyu_core.errors import MoyuError
-
-log = logging.getLogger("moyu.app")
 
 
 def _bundle_bytes(store, run_ids: list[str]) -> bytes:
@@ -51,19 +51,15 @@ def _upload(store) -> None:
             log.exception("import failed")
             done[up.file_id] = ("error", f"{up.name}: could not be imported (details in the server log)")
         if done[up.file_id][0] == "ok":
-            import moyu_ui as ui
-
-            ui.clear_run_caches()
+            ui_reads.clear_run_caches()
             st.rerun()  # the run list above shows the new runs
     status, value = done[up.file_id]
     if status == "error":
         st.error(f"Not imported. {value}", icon=":material/error:")
         return
     st.success(f"Imported {len(value)} run(s) from {up.name}.", icon=":material/check_circle:")
-    import moyu_ui as ui
-
     for rid in value:
-        st.code(ui.share_link({"run": rid}, "explore"), language=None)
+        st.code(ui_state.share_link({"run": rid}, "explore"), language=None)
 
 
 def _team(store) -> None:

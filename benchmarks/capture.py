@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from moyu_core import models, runs  # noqa: E402
-from moyu_core.store import Store  # noqa: E402
+from moyu_core import models, runs
+from moyu_core.store import Store
 
 
 def corpus_prompts(lm, n_tokens: int, count: int) -> list[str]:

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 WORDS = ("river stone lamp quiet orbit maple signal harbor velvet copper meadow lantern thunder "
          "pepper canvas violet anchor saddle glacier mirror").split()
@@ -165,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             killed_in_write += writing
             next_i = last_begin
     elapsed = time.monotonic() - t_start
-    # the check runs in a fresh process, as a user opening the file after a crash would
+    # the check runs in a fresh process, as a user opening the file after a crash would (`-c`
+    # imports from its working directory, the repository root)
     out = subprocess.run([sys.executable, "-c",
-                          "import json,sys; sys.path.insert(0, sys.argv[1]);"
-                          "from benchmarks.crash_safety import check;"
-                          "print(json.dumps(check(sys.argv[2], json.loads(sys.stdin.read()))))",
-                          str(ROOT), args.db], input=json.dumps(acked), cwd=ROOT, env=env,
+                          "import json,sys; from benchmarks.crash_safety import check;"
+                          "print(json.dumps(check(sys.argv[1], json.loads(sys.stdin.read()))))",
+                          args.db], input=json.dumps(acked), cwd=ROOT, env=env,
                          capture_output=True, text=True)
     if out.returncode != 0:
         print(f"database did not open after the crashes: {out.stderr.strip()[-800:]}", file=sys.stderr)

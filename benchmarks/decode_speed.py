@@ -8,10 +8,6 @@ decode tokens/s ratios, with the ceiling 1 / (1 - m (1 - k)) beside (m = MLP byt
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import json
 import statistics
 import time

@@ -11,10 +11,6 @@ as a result of kind "pareto" (the app's Compare page draws them) and printed as 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import json
 
 from decode_speed import bench

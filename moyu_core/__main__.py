@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 from .errors import MoyuError
 
@@ -33,7 +34,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     common.add_argument("--model", default=DEFAULT_MODEL,
                         help="registered model name, local HF folder or .gguf path (default: %(default)s)")
     common.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser = argparse.ArgumentParser(prog="python -m moyu_core", description="moyu: dynamic activation workbench")
+    prog = "moyu" if Path(sys.argv[0]).name == "moyu" else "python -m moyu_core"
+    parser = argparse.ArgumentParser(prog=prog, description="moyu: dynamic activation workbench")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name in COMMANDS:

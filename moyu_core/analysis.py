@@ -11,6 +11,8 @@ from typing import Callable
 
 import numpy as np
 
+from .keep import keep_count
+
 NORMALISATIONS = ("raw", "abs", "token")  # raw z, |z|, |z| / max_j |z_tj| per token (paper Fig. 2)
 ORDERS = ("index", "frequency")           # neuron order: by index, or by how many tokens fire them
 TOP_FRACTION = 0.1                        # "activated" = in the token's top 10% of |z|
@@ -29,14 +31,10 @@ def normalise(z: np.ndarray, how: str) -> np.ndarray:
     raise ValueError(f"unknown normalisation '{how}'; choose {', '.join(NORMALISATIONS)}")
 
 
-def top_k_count(d_ff: int, fraction: float) -> int:
-    return max(1, min(d_ff, int(math.ceil(fraction * d_ff))))
-
-
 def top_mask(z: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """bool (T, d_ff): each token's top `fraction` of neurons by |z| (the oracle at keep=fraction)."""
     T, D = z.shape
-    k = top_k_count(D, fraction)
+    k = keep_count(D, fraction)
     idx = np.argpartition(-np.abs(z), k - 1, axis=1)[:, :k]  # (T, k)
     mask = np.zeros((T, D), bool)
     np.put_along_axis(mask, idx, True, axis=1)
@@ -97,7 +95,7 @@ def inertia(z: np.ndarray, fraction: float = TOP_FRACTION, skip_first: bool = Fa
     z = z[1:] if skip_first and len(z) > 1 else z
     mask = top_mask(z, fraction)  # (T, d_ff)
     T, D = mask.shape
-    k = top_k_count(D, fraction)
+    k = keep_count(D, fraction)
     if T < 2:
         return Inertia(fraction, math.nan, math.nan, math.nan, float(mask.any(0).mean()), k / D, T)
     m = mask.astype(np.float32)
@@ -185,20 +183,25 @@ def mask_agreement(keep: np.ndarray, oracle: np.ndarray) -> dict:
 
 
 def mlp_weight_share(model) -> float:
-    """Share of the weight bytes a decode step reads that belong to MLPs (gate, up, down).
-    The input embedding is a lookup (one row); a tied output head reads the whole matrix once."""
-    mlp = other = 0
-    seen = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if "embed_tokens" in name or id(p) in seen:  # a lookup; counted via lm_head when tied
+    """Share of the weight bytes a decode step reads that belong to MLPs (gate, up, down), found
+    by the model family's adapter. Embedding tables are lookups (one row per token); a tied
+    output head reads the whole matrix once."""
+    from .families import family_of
+
+    mlp = family_of(model.config.model_type).mlp_parameters(model)
+    head = model.get_output_embeddings()
+    lookups = {id(p) for m in model.modules() if hasattr(m, "num_embeddings") for p in m.parameters()}
+    lookups.discard(id(head.weight) if head is not None else None)
+    n_mlp = n_other = 0
+    for p in model.parameters():
+        if id(p) in lookups:
             continue
-        seen.add(id(p))
         n = p.numel() * p.element_size()
-        if ".mlp." in name:
-            mlp += n
+        if id(p) in mlp:
+            n_mlp += n
         else:
-            other += n
-    return mlp / max(1, mlp + other)
+            n_other += n
+    return n_mlp / max(1, n_mlp + n_other)
 
 
 def speedup_ceiling(mlp_share: float, keep: float) -> float:

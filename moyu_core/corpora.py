@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import inspect
 import warnings
 
@@ -23,6 +24,22 @@ def pydoc_topics() -> str:
     """pydoc_data.topics texts sorted by key, joined with blank lines (the quality protocol's)."""
     from pydoc_data.topics import topics
     return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+_PYDOC_IDS: dict[tuple, list[int]] = {}
+
+
+def pydoc_ids(tokenizer) -> list[int]:
+    """`pydoc_topics()` tokenized with no special tokens, memoised per tokenizer."""
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), id(tokenizer))
+    if key not in _PYDOC_IDS:
+        _PYDOC_IDS[key] = tokenizer(pydoc_topics(), add_special_tokens=False)["input_ids"]
+    return _PYDOC_IDS[key]
+
+
+def pydoc_prose() -> str:
+    """`pydoc_topics()` with every run of whitespace made one space (for sentence sampling)."""
+    return re.sub(r"\s+", " ", pydoc_topics())
 
 
 def stdlib_docstrings(modules: tuple[str, ...] = DOC_MODULES) -> str:

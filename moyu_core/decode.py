@@ -12,7 +12,8 @@ sliced method runs over its kept neurons. Every timing is labelled:
   replaced by `GatheredMLP`, which per token reads only what the method needs to decide (the
   full gate for z- or gate-based methods, nothing for a router on x) and then only the kept
   neurons' rows of `up_proj`/`gate_proj` and of `W_down^T` (an `embedding_bag` weighted sum).
-- *simulated*: the dense MLP runs and z is masked (quality only, nothing saved).
+- *simulated*: the dense MLP runs and z is masked (quality only, nothing saved). Families
+  without an executed path (`executed_path`: non-gated MLPs, MLP biases) always run simulated.
 """
 from __future__ import annotations
 
@@ -28,29 +29,40 @@ from .errors import MoyuError
 from .hooks import method_intervention
 from .models import fused_attention
 from .methods import Method, make
+from .preparation import prepare
 
-def _gate_up(lm, i: int, mlp) -> torch.Tensor:
-    """gate_proj and up_proj rows stacked, (2 d_ff, d): both from one matrix product."""
-    return lm.derived((i, "gate_up"), lambda: torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+def executed_path(lm) -> bool:
+    """Whether executed sparse MLPs exist for this model: a gated MLP in its own module, without
+    biases (llama, qwen2, qwen3, mistral, gemma2, gemma3, phi3). Other families run simulated."""
+    return lm.gated and lm.family.mlp is not None and not lm.mlp_weights(0).biased
 
 
-def _down_t(lm, i: int, mlp) -> torch.Tensor:
+def _gate_up(lm, i: int) -> torch.Tensor:
+    """gate and up rows stacked, (2 d_ff, d): both from one matrix product."""
+    return lm.derived((i, "gate_up"), lambda: torch.cat([lm.mlp_weights(i).gate, lm.mlp_weights(i).up]))
+
+
+def _down_t(lm, i: int) -> torch.Tensor:
     """W_down transposed to (d_ff, d), so a neuron's output column is one row."""
-    return lm.derived((i, "down_t"), lambda: mlp.down_proj.weight.T)
+    return lm.derived((i, "down_t"), lambda: lm.mlp_weights(i).down.T)
 
 
 @contextmanager
 def swapped_mlps(lm, make_mlp):
-    """Temporarily replace every layer's MLP by make_mlp(layer_index, mlp); restored in finally."""
+    """Temporarily replace every layer's MLP module (the family's `mlp` attribute) by
+    make_mlp(layer_index, mlp); restored in finally."""
+    attr = lm.family.mlp
+    if attr is None:
+        raise MoyuError(f"{lm.family.name} has no MLP module to swap: no executed path")
     with lm.lock:
-        saved = [layer.mlp for layer in lm.layers]
+        saved = [getattr(layer, attr) for layer in lm.layers]
         try:
             for i, layer in enumerate(lm.layers):
-                layer.mlp = make_mlp(i, layer.mlp)
+                setattr(layer, attr, make_mlp(i, saved[i]))
             yield
         finally:
             for layer, mlp in zip(lm.layers, saved):
-                layer.mlp = mlp
+                setattr(layer, attr, mlp)
 
 
 class SlicedMLP(torch.nn.Module):
@@ -60,13 +72,13 @@ class SlicedMLP(torch.nn.Module):
 
     def __init__(self, lm, i: int, mlp, idx: torch.Tensor | None = None):
         super().__init__()
-        d_ff, gate_up = mlp.down_proj.in_features, _gate_up(lm, i, mlp)
-        self.act_fn, self.k = mlp.act_fn, d_ff if idx is None else len(idx)
+        d_ff, gate_up, w_down = lm.d_ff, _gate_up(lm, i), lm.mlp_weights(i).down
+        self.act_fn, self.k = lm.parts(i).act, d_ff if idx is None else len(idx)
         if idx is None:
-            self.w_gate_up, self.w_down = gate_up, mlp.down_proj.weight.detach()
+            self.w_gate_up, self.w_down = gate_up, w_down
         else:
             self.w_gate_up = gate_up.index_select(0, torch.cat([idx, idx + d_ff]))
-            self.w_down = mlp.down_proj.weight.detach().index_select(1, idx).contiguous()
+            self.w_down = w_down.index_select(1, idx).contiguous()
 
     def forward(self, x):
         g, u = F.linear(x, self.w_gate_up).split(self.k, -1)
@@ -87,16 +99,16 @@ class GatheredMLP(torch.nn.Module):
 
     def __init__(self, lm, i: int, mlp, method: Method):
         super().__init__()
-        self.lm, self.i, self.mlp, self.method = lm, i, mlp, method
-        self.wg, self.wu = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()
-        self.w_gate_up, self.wd_t = _gate_up(lm, i, mlp), _down_t(lm, i, mlp)
+        self.lm, self.i, self.mlp, self.method, self.act = lm, i, mlp, method, lm.parts(i).act
+        self.wg, self.wu = lm.mlp_weights(i).gate, lm.mlp_weights(i).up
+        self.w_gate_up, self.wd_t = _gate_up(lm, i), _down_t(lm, i)
         self.needs = method.needs
 
     def forward(self, x):
         if x.shape[0] != 1 or x.shape[1] != 1:
             return self.mlp(x)
         h = x[0]                                                    # (1, d)
-        act = self.mlp.act_fn
+        act = self.act
         if self.needs == "x":
             idx = self.method.select(self.i, None, None, self.lm, h)[0].nonzero()[:, 0]
             z = act(F.embedding(idx, self.wg) @ h[0]) * (F.embedding(idx, self.wu) @ h[0])
@@ -158,7 +170,7 @@ def generate(lm, text: str | list[int], method: Method | None = None, max_new_to
     if not 1 <= int(max_new_tokens) <= 4096:
         raise MoyuError(f"max_new_tokens must be in [1, 4096], got {max_new_tokens}")
     ids = lm.encode(text) if isinstance(text, str) else list(lm.bos_ids) + list(text)
-    method.prepare(lm)
+    prepare(lm, method)
     state: dict[int, torch.Tensor] = {}
 
     def prompt_ctx():   # sequence-level methods decide their neurons on the dense prompt
@@ -178,8 +190,9 @@ def generate(lm, text: str | list[int], method: Method | None = None, max_new_to
         return method_intervention(lm, fn)
 
     if method.name == "dense":
-        label, (toks, pre, dt) = "executed", _loop(lm, ids, max_new_tokens, None, lambda: sliced_mlps(lm))
-    elif not executed:
+        dense_ctx = (lambda: sliced_mlps(lm)) if executed_path(lm) else None
+        label, (toks, pre, dt) = "executed", _loop(lm, ids, max_new_tokens, None, dense_ctx)
+    elif not (executed and executed_path(lm)):   # simulated where no executed path exists
         label = "simulated"
         toks, pre, dt = _loop(lm, ids, max_new_tokens, prompt_ctx if method.sequence_level else None, masked)
     elif method.sequence_level:

@@ -8,20 +8,16 @@ import math
 import numpy as np
 import torch
 
+from .corpora import pydoc_ids
 from .errors import MoyuError
 from .methods import Method
-
-
-_CORPUS: dict[tuple, list[int]] = {}
+from .preparation import prepare
 
 
 def corpus_ids(lm) -> list[int]:
-    """pydoc_data.topics texts sorted by key, joined with blank lines, no special tokens."""
-    key = (lm.name, str(lm.fingerprint))
-    if key not in _CORPUS:
-        from .corpora import pydoc_topics
-        _CORPUS[key] = lm.tokenizer(pydoc_topics(), add_special_tokens=False)["input_ids"]
-    return _CORPUS[key]
+    """The protocol's corpus: pydoc_data.topics texts sorted by key, joined with blank lines,
+    no special tokens."""
+    return pydoc_ids(lm.tokenizer)
 
 
 def windows_of(ids: list[int], windows: int, length: int) -> list[list[int]]:
@@ -96,7 +92,7 @@ def evaluate(lm, method: Method, store=None, windows: int = 12, prompt_len: int 
         if hit is not None:
             return hit
     wins = windows_of(corpus_ids(lm), windows, prompt_len + gen_len)
-    method.prepare(lm)
+    prepare(lm, method)
     nll = dnll = kl = agree = 0.0
     kept = np.zeros(lm.n_layers)
     for w, ids in enumerate(wins):

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .errors import MoyuError
 from .models import LoadedModel
 
 # fn(layer_index, z) -> replacement z or None (keep as is); z is (B, T, d_ff)
@@ -60,46 +61,73 @@ def hooked(lm: LoadedModel, hooks: list[tuple[torch.nn.Module, str, Callable]]) 
                 h.remove()
 
 
-def mlp_intervention(lm: LoadedModel, fn: MlpFn):
-    """Context manager: a pre-hook on every layer's down_proj passes z through `fn`."""
+def mlp_hooks(lm: LoadedModel, layers, x: Callable | None = None, gate: Callable | None = None,
+              z: Callable | None = None) -> list[tuple[torch.nn.Module, str, Callable]]:
+    """Hooks that hand each chosen layer's MLP tensors, always shaped (B, T, ...), to
+    `x(i, x)` (the MLP input), `gate(i, g)` (the activation's output) and `z(i, z)` (the input of
+    the down projection; a returned tensor replaces it). Found through the model's family
+    adapter; where the MLP sees (B*T, d) (OPT) the shape comes from the attention's output."""
+    flat = lm.family.flat_mlp
+    shape: list = [None]   # (B, T) of the running forward, for flat MLPs
 
-    def make(i: int):
-        def pre(_module, args):
-            new = fn(i, args[0])
-            if new is not None:
-                return (new,) + tuple(args[1:])
-        return pre
+    def bt(t):
+        return t.view(*shape[0], t.shape[-1]) if flat else t
 
-    return hooked(lm, [(layer.mlp.down_proj, "pre", make(i)) for i, layer in enumerate(lm.layers)])
+    def on_attn(_m, _args, out):
+        shape[0] = out[0].shape[:2]
 
-
-def method_intervention(lm: LoadedModel, fn: Callable) -> Iterator[None]:
-    """Context manager for DA methods: per layer, `fn(i, z, gate, x)` sees the down_proj input z,
-    act(gate_proj(x)) and the MLP input x (batch 0, detached) and may return a replacement z."""
-    seen: dict[int, dict[str, torch.Tensor]] = {}
-
-    def x_pre(i):
+    def on_x(i):
         def pre(_m, args):
-            seen[i] = {"x": args[0][0].detach()}
+            x(i, bt(args[0]))
         return pre
 
-    def gate_post(i):
+    def on_gate(i):
         def post(_m, _args, out):
-            seen[i]["gate"] = out[0].detach()
+            gate(i, bt(out))
         return post
 
-    def z_pre(i):
+    def on_z(i):
         def pre(_m, args):
-            new = fn(i, args[0], seen[i]["gate"], seen[i]["x"])
+            new = z(i, bt(args[0]))
             if new is not None:
-                return (new,) + tuple(args[1:])
+                return (new.reshape(args[0].shape),) + tuple(args[1:])
         return pre
 
     hooks = []
-    for i, layer in enumerate(lm.layers):
-        hooks += [(layer.mlp, "pre", x_pre(i)), (layer.mlp.act_fn, "post", gate_post(i)),
-                  (layer.mlp.down_proj, "pre", z_pre(i))]
-    return hooked(lm, hooks)
+    for i in layers:
+        p = lm.parts(i)
+        if flat:
+            hooks.append((p.attn, "post", on_attn))
+        if x is not None:
+            hooks.append((p.mlp_in, "pre", on_x(i)))
+        if gate is not None:
+            hooks.append((p.act, "post", on_gate(i)))
+        if z is not None:
+            hooks.append((p.down, "pre", on_z(i)))
+    return hooks
+
+
+def mlp_intervention(lm: LoadedModel, fn: MlpFn):
+    """Context manager: every layer's z (the input of the down projection) passes through `fn`."""
+    return hooked(lm, mlp_hooks(lm, range(lm.n_layers), z=fn))
+
+
+def method_intervention(lm: LoadedModel, fn: Callable) -> Iterator[None]:
+    """Context manager for DA methods: per layer, `fn(i, z, gate, x)` sees z (B, T, d_ff), the
+    activation's output act(gate_proj(x)) (act(fc(x)) = z in a non-gated MLP) and the MLP input x
+    (both batch 0, detached) and may return a replacement z."""
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_x(i, x):
+        seen[i] = {"x": x[0].detach()}
+
+    def on_gate(i, g):
+        seen[i]["gate"] = g[0].detach()
+
+    def on_z(i, z):
+        return fn(i, z, seen[i]["gate"], seen[i]["x"])
+
+    return hooked(lm, mlp_hooks(lm, range(lm.n_layers), x=on_x, gate=on_gate, z=on_z))
 
 
 class _Recorder:
@@ -126,28 +154,27 @@ class _Recorder:
         return t.reshape(-1, *t.shape[2:]).detach().float()
 
     def hooks(self) -> list[tuple[torch.nn.Module, str, Callable]]:
-        out = []
-        for i, layer in enumerate(self.lm.layers):
-            out.append((layer.mlp.down_proj, "pre", self._z_hook(i)))
-            out.append((layer.self_attn, "post", self._attn_hook(i)))
-            out.append((layer, "post", self._norm_hook(i)))
+        out = mlp_hooks(self.lm, range(self.lm.n_layers), z=self._z)
+        for i in range(self.lm.n_layers):
+            p = self.lm.parts(i)
+            out.append((p.attn, "post", self._attn_hook(i)))
+            out.append((p.layer, "post", self._norm_hook(i)))
         return out
 
-    def _z_hook(self, i):
-        def pre(_m, args):
-            z = self._pick(args[0])
-            rows = self._rows("z", i, len(z))
-            if self.int8:
-                quantize_int8(z, self.z[i, rows], self.scale[i, rows])
-            else:
-                self.z[i, rows] = z
-        return pre
+    def _z(self, i, z):
+        z = self._pick(z)
+        rows = self._rows("z", i, len(z))
+        if self.int8:
+            quantize_int8(z, self.z[i, rows], self.scale[i, rows])
+        else:
+            self.z[i, rows] = z
 
     def _attn_hook(self, i):
         def post(_m, _args, out):
-            w = out[1]  # (B, H, Tq, Tk), exists with eager attention
+            w = out[1] if isinstance(out, tuple) and len(out) > 1 else None  # (B, H, Tq, Tk) under eager
             if w is None:
-                raise RuntimeError("attention weights missing: load the model with attn_implementation='eager'")
+                raise MoyuError(f"{self.lm.family.name} layer {i} returned no attention weights: "
+                                "load the model with attn_implementation='eager'")
             if self.last_only:  # the token's own key, seen by its own query only
                 rec = w[:, :, -1, -1]                      # (B, H)
             else:
@@ -229,8 +256,8 @@ def mask_key_attention(lm: LoadedModel, position: int) -> Iterator[None]:
     with lm.lock:
         handles = []
         try:
-            for layer in lm.layers:
-                handles.append(layer.self_attn.register_forward_pre_hook(pre, with_kwargs=True))
+            for i in range(lm.n_layers):
+                handles.append(lm.parts(i).attn.register_forward_pre_hook(pre, with_kwargs=True))
             yield
         finally:
             for hd in handles:
@@ -244,20 +271,12 @@ def capture_mlp_io(lm: LoadedModel, ids: list[int], layers: list[int]) -> tuple[
     xs: dict[int, torch.Tensor] = {}
     zs: dict[int, torch.Tensor] = {}
 
-    def x_hook(i):
-        def pre(_m, args):
-            xs[i] = args[0][0].detach().float()
-        return pre
+    def on_x(i, x):
+        xs[i] = x[0].detach().float()
 
-    def z_hook(i):
-        def pre(_m, args):
-            zs[i] = args[0][0].detach().float()
-        return pre
+    def on_z(i, z):
+        zs[i] = z[0].detach().float()
 
-    hooks = []
-    for i in layers:
-        hooks.append((lm.layers[i].mlp, "pre", x_hook(i)))
-        hooks.append((lm.layers[i].mlp.down_proj, "pre", z_hook(i)))
-    with hooked(lm, hooks):
+    with hooked(lm, mlp_hooks(lm, layers, x=on_x, z=on_z)):
         lm.body(torch.tensor([list(ids)]), use_cache=False)
     return (torch.stack([xs[i] for i in layers]).numpy(), torch.stack([zs[i] for i in layers]).numpy())

@@ -24,6 +24,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import torch  # noqa: E402
 
 from .errors import MoyuError  # noqa: E402
+from .families import Family, LayerParts, MlpWeights, family_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("MOYU_CACHE", ROOT / "cache"))
@@ -60,6 +61,7 @@ REGISTRY: dict[str, Callable[[], Path]] = {
 }
 # models registered at run time (e.g. trained by an experiment): name -> local HF folder
 _EXTRA: dict[str, Path] = {}
+TRAINED_DIR = CACHE_DIR / "trained"  # written by experiments/relu_swiglu.py
 
 
 def register_model(name: str, folder: str | Path) -> None:
@@ -68,7 +70,17 @@ def register_model(name: str, folder: str | Path) -> None:
 
 
 def available_models() -> list[str]:
-    return sorted(REGISTRY) + sorted(_EXTRA)
+    """Registered names, the folders `relu-swiglu` trained under cache/trained/, and those
+    registered at run time."""
+    return sorted(REGISTRY) + sorted(set(_EXTRA) | set(_trained_folders()))
+
+
+def _trained_folders() -> dict[str, Path]:
+    """name -> folder of each model trained by `python -m moyu_core relu-swiglu`."""
+    if not TRAINED_DIR.is_dir():
+        return {}
+    return {d.name: d for d in sorted(TRAINED_DIR.iterdir())
+            if (d / "config.json").exists() and (d / "moyu_training.json").exists()}
 
 
 @dataclass
@@ -86,21 +98,39 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock)
     _derived: dict = field(default_factory=dict, repr=False)
 
-    def derived(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """A tensor derived from the weights (stacked or transposed for decoding), built once
+    def derived(self, key: tuple, build: Callable[[], object]):
+        """Something derived from the weights (stacked or transposed for decoding), built once
         and kept with the model."""
         if key not in self._derived:
-            self._derived[key] = build().detach().contiguous()
+            value = build()
+            self._derived[key] = value.detach().contiguous() if isinstance(value, torch.Tensor) else value
         return self._derived[key]
 
     @property
-    def layers(self):
-        return self.body.layers
+    def family(self) -> Family:
+        return family_of(getattr(self.model.config, "model_type", None))
 
     @property
     def body(self) -> torch.nn.Module:
         """The decoder without its LM head: embeddings, layers, final norm."""
-        return self.model.model
+        return self.family.decoder(self.model)
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.family.layer_list(self.body)
+
+    def parts(self, i: int) -> LayerParts:
+        """The modules of layer i that hooks attach to (attention, MLP input, activation, down)."""
+        return self.family.parts(self.layers[i])
+
+    def mlp_weights(self, i: int) -> MlpWeights:
+        """Layer i's MLP weights in the canonical layout (gate/up (d_ff, d), down (d, d_ff),
+        float32), built once."""
+        return self.derived((i, "mlp_weights"), lambda: self.family.mlp_weights(self.layers[i]))
+
+    @property
+    def gated(self) -> bool:
+        return self.family.gated
 
     @property
     def n_layers(self) -> int:
@@ -108,7 +138,11 @@ class LoadedModel:
 
     @property
     def d_ff(self) -> int:
-        return self.layers[0].mlp.down_proj.in_features
+        return self.mlp_weights(0).down.shape[1]
+
+    @property
+    def d_model(self) -> int:
+        return self.mlp_weights(0).down.shape[0]
 
     @property
     def n_heads(self) -> int:
@@ -203,9 +237,9 @@ def _convert_gguf(gguf: Path, out: Path, progress: Callable[[str], None]) -> Non
 
 def resolve(name: str) -> tuple[Path, str]:
     """(local folder with safetensors, fingerprint) for a registered name or a local path."""
-    if name in _EXTRA:
-        folder = _EXTRA[name]
-        return folder, _folder_fingerprint(folder)
+    extra = _EXTRA.get(name) or (None if name in REGISTRY else _trained_folders().get(name))
+    if extra is not None:
+        return extra, _folder_fingerprint(extra)
     p = Path(name).expanduser()
     if name not in REGISTRY and p.suffix == ".gguf":
         if not p.is_file():
@@ -259,6 +293,7 @@ def load(name: str = DEFAULT_MODEL, progress: Callable[[str], None] | None = Non
         hf_logging.disable_progress_bar()
         t0 = time.perf_counter()
         folder, fingerprint = resolve(name)
+        family_of(json.loads((folder / "config.json").read_text()).get("model_type"))
         progress(f"loading {name}")
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(

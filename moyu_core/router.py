@@ -43,8 +43,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .corpora import stdlib_docstrings
+from .corpora import pydoc_ids, stdlib_docstrings
 from .errors import MoyuError
+from .keep import keep_count
 
 FORMAT = "moyu-dejavu-router"
 VERSION = 1
@@ -220,9 +221,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, rank: int, steps: int, seed: int) -> 
 
 def heldout_windows(lm, n: int = HELDOUT_WINDOWS, length: int = HELDOUT_LEN) -> list[list[int]]:
     """n windows of pydoc_data.topics starting midway between the quality protocol's windows."""
-    from .evaluate import corpus_ids
-
-    ids = corpus_ids(lm)
+    ids = pydoc_ids(lm.tokenizer)
     starts = np.linspace(0, len(ids) - EVAL_LEN, EVAL_WINDOWS).astype(int)
     mids = ((starts[:-1] + starts[1:]) // 2)[np.linspace(0, EVAL_WINDOWS - 2, n).round().astype(int)]
     return [ids[s:s + length] for s in mids]
@@ -248,7 +247,7 @@ def _score(logits: torch.Tensor, az: torch.Tensor, static: dict[float, torch.Ten
     dff = az.shape[1]
     out = {}
     for keep in KEEPS:
-        k = max(1, int(round(keep * dff)))
+        k = keep_count(dff, keep)
         true = _topk_bool(az, k)
         hits = true.gather(1, logits.topk(k, dim=1).indices).sum(1).float()   # (N,)
         out[f"recall@{keep}"] = float((hits / true.sum(1)).mean())
@@ -328,7 +327,7 @@ def train(lm, store, rank: int | None = None, steps: int = DEFAULT_STEPS, min_to
         w1, w2 = _fit(torch.from_numpy(x_all[i]), y, rank, steps, SEED * 1000 + i)
         tensors[f"layers.{i}.w1"], tensors[f"layers.{i}.w2"] = w1, w2
         freq = y.float().mean(0)
-        static = {keep: freq.topk(max(1, int(round(keep * lm.d_ff)))).indices for keep in KEEPS}
+        static = {keep: freq.topk(keep_count(lm.d_ff, keep)).indices for keep in KEEPS}
         with torch.no_grad():
             logits = (torch.from_numpy(x_te[i]) @ w1.T) @ w2.T
         per_layer.append({"layer": i, **_score(logits, torch.from_numpy(az_te[i]).float(), static)})

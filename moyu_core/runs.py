@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import hooks
+from .blobs import DTYPES
 from .errors import MoyuError
 from .models import LoadedModel
-from .store import RUN_FORMAT, DTYPES, RunRecord, Store, content_hash
-
-MODES = ("sequential", "parallel")
+from .store import MODES, RunRecord, Store, run_id_for
 
 
 @dataclass
@@ -27,13 +26,6 @@ class CaptureResult:
     def as_dict(self) -> dict:
         return dict(run_id=self.run_id, tokens=self.tokens, layers=self.layers, neurons=self.neurons,
                     cached=self.cached)
-
-
-def run_id_for(lm: LoadedModel, ids: list[int], mode: str, prefix_ids: list[int], dtype: str,
-               method: str = "dense", params: dict | None = None) -> str:
-    return content_hash({"fingerprint": lm.fingerprint, "ids": ids, "mode": mode, "prefix": prefix_ids,
-                         "method": method, "params": params or {}, "dtype": dtype,
-                         "schema": RUN_FORMAT})
 
 
 def capture_run(lm: LoadedModel, store: Store, text: str, mode: str = "sequential", prefix: str = "",
@@ -50,7 +42,7 @@ def capture_run(lm: LoadedModel, store: Store, text: str, mode: str = "sequentia
     ids = lm.encode(text, chat=chat, max_tokens=max_tokens, add_bos=not prefix_ids)
     if len(prefix_ids) + (len(ids) if mode == "sequential" else 1) > (max_tokens or 10**9):
         raise MoyuError(f"prefix and prompt together exceed the limit of {max_tokens} tokens")
-    run_id = run_id_for(lm, ids, mode, prefix_ids, dtype)
+    run_id = run_id_for(lm.fingerprint, ids, mode, prefix_ids, "dense", {}, dtype)
     result = CaptureResult(run_id, len(ids), lm.n_layers, lm.d_ff, cached=True)
     if store.has_run(run_id):
         return result

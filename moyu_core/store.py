@@ -6,40 +6,39 @@ can take its turn: an operation that finds the file locked retries for `MOYU_DB_
 then fails with a clear message. Values are always bound as parameters; table and column names
 never come from users. Each run is written in one transaction: a crash leaves it whole or absent.
 
-Activations: one row per (run, layer, token); the neuron vector is stored as raw little-endian
-bytes (`vec BLOB`) of the run's dtype: int8 with a per-row float scale (default; the maximum
-reconstruction error is scale/2 = max|z|/254, under 0.4% of the row's max |z|), float16 or
-float32 (scale 1).
+Activations: one row per (run, layer, token) holding the neuron vector (`vec BLOB`, with its
+per-row `scale`), the token's residual-stream norm and the attention it received from each head
+(a float16 BLOB); `blobs.py` is the codec. Schema 1 kept norms and attention in a table of
+their own; a schema-1 file is converted when first opened.
 
-The same row holds the token's residual-stream norm and the attention it received from each
-head, as raw float16 bytes (relative error under 0.05%; the largest possible value, one per
-query, fits for up to 65,504 tokens). Schema 1 kept these in a table of their own as lists of
-float32: a 512-token int8 run took 1.056 stored bytes per activation value, 1.044 now
-(benchmarks/capture.py). A schema-1 file is converted when first opened.
+A file from elsewhere is checked before any statement reads from it: a view or a macro could read
+local files, so a file holding one, or tables other than moyu's, is refused (`_check_layout`).
 """
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from . import blobs
 from .errors import MoyuError
 
 SCHEMA_VERSION = 2  # the database file's tables; a file of version 1 is converted on open
+MODES = ("sequential", "parallel")  # input manners of a run
 RUN_FORMAT = 1  # what a run holds: hashed into run ids, written into bundles; not the file layout
 DEFAULT_DB = Path(os.environ.get("MOYU_DB", Path(__file__).resolve().parent.parent / "cache" / "moyu.duckdb"))
-DTYPES = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
 
 _ACTIVATIONS = """CREATE TABLE IF NOT EXISTS {table} (
     run_id VARCHAR, layer SMALLINT, pos INTEGER, scale FLOAT, vec BLOB USING COMPRESSION uncompressed,
@@ -58,6 +57,12 @@ _SCHEMA = [
         key VARCHAR PRIMARY KEY, kind VARCHAR, model VARCHAR, method VARCHAR, params VARCHAR,
         result VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp)""",
 ]
+# The two tables of schema 1 that differ from schema 2 (`_convert_from_1` reads them).
+_SCHEMA_1 = [
+    "CREATE TABLE activations (run_id VARCHAR, layer SMALLINT, pos INTEGER, scale FLOAT, vec BLOB)",
+    "CREATE TABLE token_stats (run_id VARCHAR, layer SMALLINT, pos INTEGER, resid_norm FLOAT, "
+    "attn_received FLOAT[])",
+]
 
 
 def content_hash(obj: Any) -> str:
@@ -66,79 +71,33 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def quantize(z: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors of `dtype`, per-row scale) for float32 rows z (N, d_ff)."""
-    if dtype == "int8":
-        scale = np.abs(z).max(axis=1) / 127.0
-        safe = np.where(scale > 0, scale, 1.0)
-        q = np.clip(np.rint(z / safe[:, None]), -127, 127).astype(np.int8)
-        return q, scale.astype(np.float32)
-    if dtype not in DTYPES:
-        raise MoyuError(f"unknown dtype '{dtype}'; choose int8, float16 or float32")
-    return z.astype(DTYPES[dtype]), np.ones(len(z), np.float32)
+def run_id_for(fingerprint: str, ids: list[int], mode: str, prefix_ids: list[int], method: str,
+               params: dict, dtype: str) -> str:
+    """A run's content address: model weights, token ids, input manner, the context tokens before
+    them, method and parameters, dtype and RUN_FORMAT. Capture computes it before calling the
+    model; an import recomputes it to check that a bundle's run id matches its content."""
+    return content_hash({"fingerprint": fingerprint, "ids": ids, "mode": mode, "prefix": prefix_ids,
+                         "method": method, "params": params, "dtype": dtype, "schema": RUN_FORMAT})
 
 
-def _blobs(rows: np.ndarray) -> pa.BinaryArray:
-    """One BLOB per row of a 2-D array: its raw little-endian bytes, no copy."""
-    rows = np.ascontiguousarray(rows)
-    width = rows.dtype.itemsize * rows.shape[1]
-    offsets = pa.py_buffer(np.arange(len(rows) + 1, dtype=np.int32) * width)
-    return pa.BinaryArray.from_buffers(pa.binary(), len(rows), [None, offsets, pa.py_buffer(rows)])
-
-
-def _unblob(col: pa.ChunkedArray | pa.Array, dtype, width: int) -> np.ndarray:
-    """The inverse of `_blobs`: (rows, width) of `dtype` from a column of equal-length BLOBs."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].view(dtype)
-    return raw.reshape(len(arr), width)
-
-
-_F16_MAX = float(np.finfo(np.float16).max)
-
-
-def _attn_blobs(attn: np.ndarray) -> pa.BinaryArray:
-    """Attention received (rows, heads) as the float16 BLOBs of the activations table."""
-    return _blobs(np.clip(attn, -_F16_MAX, _F16_MAX).astype(np.float16))
-
-
-def _attn_blobs_from_lists(col) -> pa.BinaryArray:
-    """The same from a column of float lists (schema 1 files, bundles; lengths may differ
-    between runs)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    values = np.clip(arr.flatten().to_numpy(), -_F16_MAX, _F16_MAX).astype(np.float16)
-    offsets = arr.offsets.to_numpy()
-    return pa.BinaryArray.from_buffers(pa.binary(), len(arr), [
-        None, pa.py_buffer(((offsets - offsets[0]) * 2).astype(np.int32)), pa.py_buffer(values)])
-
-
-def _attn_lists(col, heads: int) -> pa.ListArray:
-    """Attention BLOBs back to the list<float32> of a run's rows (export, bundles)."""
-    attn = _unblob(col, np.float16, heads).astype(np.float32)
-    offsets = pa.array(np.arange(len(attn) + 1, dtype=np.int32) * attn.shape[1])
-    return pa.ListArray.from_arrays(offsets, pa.array(attn.ravel()))
-
-
-# Database files are attached to one in-memory DuckDB per process: attaching takes under a
-# millisecond where a new connection took ten. Row groups of 2048 rows instead of DuckDB's
-# 122,880: a 512-token run (30 x 512 activation rows) then fills whole row groups that the insert
-# writes straight to the file; with the default size every commit rewrote (and recompressed) the
-# partly filled row group holding earlier runs, a checkpoint that grew to seconds. The size is not
-# stored in the file, so every attach names it. New files get 128 KiB blocks (the default 256 KiB
-# left more of a small run's last blocks empty: 1.078 stored bytes per int8 value against 1.056).
-# Activation vectors are not compressed: on int8 blobs DuckDB's default (FSST) and ZSTD saved a
-# quarter to a third of the file but added 0.1 s (ZSTD) to seconds (FSST checkpoints) to each
-# 512-token capture, whose forward pass takes 0.5 s.
+# Database files are attached to one in-memory DuckDB per process: attaching is much cheaper than
+# opening a connection. Row groups of 2048 rows instead of DuckDB's 122,880: a run's activation
+# rows then fill whole row groups that the insert writes straight to the file, where with the
+# default size every commit rewrote (and recompressed) the partly filled row group holding earlier
+# runs. The size is not stored in the file, so every attach names it. New files get 128 KiB blocks,
+# which leave less of a small run's last blocks empty. Activation vectors are not compressed: on
+# int8 blobs compression saves some disk but adds checkpoint time to every capture, and capture
+# time is what this layout is tuned for (benchmarks/capture.py measures it and bytes per value).
 _HOST: duckdb.DuckDBPyConnection | None = None
 _HOST_LOCK = threading.Lock()
 
 
-def _host_execute(sql: str) -> None:
+def _host_execute(sql: str, params: list | None = None) -> list[tuple]:
     global _HOST
     with _HOST_LOCK:
         if _HOST is None:
             _HOST = duckdb.connect(":memory:")
-        _HOST.execute(sql)
+        return _HOST.execute(sql, params).fetchall()
 
 
 def _cursor(alias: str) -> duckdb.DuckDBPyConnection:
@@ -148,14 +107,32 @@ def _cursor(alias: str) -> duckdb.DuckDBPyConnection:
     return cur
 
 
-def _attach(path: Path, alias: str, timeout: float) -> None:
+def _file_state(path: Path) -> tuple:
+    """What tells a file apart from the one seen before: inode, size, mtime and a hash of the
+    headers (DuckDB counts checkpoints there), and the same of its write-ahead log."""
+    def state(p: Path) -> tuple | None:
+        try:
+            with p.open("rb") as f:
+                st = os.fstat(f.fileno())
+                head = hashlib.blake2b(f.read(3 * 4096), digest_size=16).digest()
+        except OSError:  # absent (a new file), or unreadable: ATTACH says why
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns, head
+    return state(path), state(path.with_name(path.name + ".wal"))
+
+
+def _attach(path: Path, alias: str, timeout: float, known: tuple | None = None) -> None:
+    """Attach the file under `alias` and check its layout, unless it is still in the `known`
+    state (as this process left it when it last detached it): the check lists every function
+    DuckDB has, which takes far longer than the attach."""
     deadline = time.monotonic() + timeout
     quoted = str(path).replace("'", "''")
     while True:
         try:
+            before = _file_state(path)
             new = "" if path.exists() else ", BLOCK_SIZE 131072"
             _host_execute(f"ATTACH '{quoted}' AS {alias} (ROW_GROUP_SIZE 2048{new})")
-            return
+            break
         except duckdb.Error as e:
             if not isinstance(e, duckdb.IOException) or "lock" not in str(e).lower():
                 raise MoyuError(f"cannot open database {path}: {str(e).splitlines()[0]}") from e
@@ -163,6 +140,71 @@ def _attach(path: Path, alias: str, timeout: float) -> None:
                 raise MoyuError(f"database {path} is held by another process; "
                                 f"waited {timeout:.0f} s (MOYU_DB_TIMEOUT)") from e
         time.sleep(0.1)
+    if before != known:
+        try:
+            _check_layout(path, alias)
+        except BaseException:
+            _host_execute(f"DETACH {alias}")
+            raise
+
+
+# ---- a file from elsewhere: only moyu's tables, no view, no macro --------------------------------
+
+_COLUMNS_SQL = ("SELECT schema_name, table_name, column_name, data_type FROM duckdb_columns() "
+                "WHERE database_name = ? ORDER BY schema_name, table_name, column_index")
+
+
+def _columns(rows: list[tuple]) -> dict[str, list[tuple[str, str]]]:
+    """{table: [(column, type), ...] in order}; tables outside schema main are named schema.table."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for schema, table, column, dtype in rows:
+        out.setdefault(table if schema == "main" else f"{schema}.{table}", []).append((column, dtype))
+    return out
+
+
+@functools.cache
+def _layouts() -> tuple[dict, dict]:
+    """The columns of schema 2's tables and of schema 1's differing tables, as DuckDB reports them."""
+    out = []
+    for ddl in (_SCHEMA, _SCHEMA_1):
+        con = duckdb.connect(":memory:")
+        try:
+            for stmt in ddl:
+                con.execute(stmt)
+            out.append(_columns(con.execute(_COLUMNS_SQL, ["memory"]).fetchall()))
+        finally:
+            con.close()
+    return out[0], out[1]
+
+
+def _check_layout(path: Path, alias: str) -> None:
+    """Refuse an attached file that is not a moyu store, reading its catalog only (no statement
+    has read from it yet): a view (it can read local files: read_csv('/etc/passwd')), a macro
+    (it can stand in for a built-in function the store calls, and read files), a table moyu does
+    not have, or one of moyu's tables with other columns or types. An empty file passes."""
+    def refuse(why: str) -> MoyuError:
+        return MoyuError(f"{path} is not a moyu database: {why}; refusing to open it")
+
+    now, old = _layouts()
+    views = _host_execute("SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = ? "
+                          "ORDER BY schema_name, view_name", [alias])
+    if views:
+        schema, name = views[0]
+        name = name if schema == "main" else f"{schema}.{name}"
+        what = f"table '{name}'" if name in now or name in old else f"'{name}'"
+        raise refuse(f"{what} is a view (a view can read local files)")
+    macros = _host_execute("SELECT function_name FROM duckdb_functions() WHERE database_name = ? "
+                           "ORDER BY function_name", [alias])
+    if macros:
+        raise refuse(f"it defines the macro '{macros[0][0]}' (a macro can stand in for a built-in "
+                     "function and read local files)")
+    for name, cols in _columns(_host_execute(_COLUMNS_SQL, [alias])).items():
+        if name not in now and name not in old:
+            raise refuse(f"it holds a table '{name}' that moyu does not have")
+        if cols != now.get(name) and cols != old.get(name):
+            want = now.get(name) or old[name]
+            raise refuse(f"table '{name}' has the columns ({', '.join(f'{c} {t}' for c, t in cols)}); "
+                         f"moyu's has ({', '.join(f'{c} {t}' for c, t in want)})")
 
 
 class _Holder:
@@ -172,6 +214,8 @@ class _Holder:
     IDLE_SECONDS = float(os.environ.get("MOYU_DB_IDLE", "0.5"))
 
     def __init__(self, path: Path):
+        self.path = path
+        self.known: tuple | None = None  # the file's state when this process last detached it
         self.lock = threading.Lock()
         self.alias = "db_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
         self.attached = False
@@ -192,6 +236,7 @@ class _Holder:
         if self.attached:
             self.attached = False
             _host_execute(f"DETACH {self.alias}")
+            self.known = _file_state(self.path)
 
     def _close_if_idle(self) -> None:
         with self.lock:
@@ -250,8 +295,38 @@ class RunRecord:
     dtype: str
 
 
+_RUN_FIELDS = [f.name for f in fields(RunRecord)]
+
+
+def _insert_run(con: duckdb.DuckDBPyConnection, rec: dict) -> None:
+    """One row of `runs` from a run record's fields (params as sorted JSON)."""
+    values = [json.dumps(rec[k], sort_keys=True) if k == "params" else rec[k] for k in _RUN_FIELDS]
+    con.execute(f"INSERT INTO runs ({', '.join(_RUN_FIELDS)}) VALUES ({', '.join('?' * len(values))})", values)
+
+
+@runtime_checkable
+class RunReader(Protocol):
+    """The reads the app and the experiments make on runs. `Store` implements it over a DuckDB
+    file, `share.team.TeamStore` over a folder of bundles, `share.team.LayeredStore` over both;
+    writes (captures, results, imports, deletes) always go to a `Store`."""
+
+    def has_run(self, run_id: str) -> bool: ...
+
+    def run(self, run_id: str) -> RunRecord: ...
+
+    def activations(self, run_id: str, layer: int) -> np.ndarray: ...
+
+    def tokens(self, run_id: str) -> list[tuple[int, str]]: ...
+
+    def token_stats(self, run_id: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def list_runs(self, model: str | None = None, method: str | None = None, text: str | None = None,
+                  limit: int = 1000) -> list[dict]: ...
+
+
 class Store:
-    """A DuckDB file of runs and results. Cheap to construct; holds no open connection."""
+    """A DuckDB file of runs and results (a `RunReader`, and where every write goes). Cheap to
+    construct; holds no open connection."""
 
     _write_lock = threading.Lock()
 
@@ -281,7 +356,7 @@ class Store:
                 tbl = con.sql("SELECT a.run_id, a.layer, a.pos, a.scale, a.vec, s.resid_norm, s.attn_received "
                               "FROM activations a JOIN token_stats s USING (run_id, layer, pos) "
                               "WHERE a.run_id = ? ORDER BY a.layer, a.pos", params=[rid]).to_arrow_table()
-                tbl = tbl.set_column(6, "attn_received", _attn_blobs_from_lists(tbl.column(6)))
+                tbl = tbl.set_column(6, "attn_received", blobs.attn_lists_to_blobs(tbl.column(6)))
                 con.register("_old", tbl)
                 con.execute("INSERT INTO activations_2 SELECT * FROM _old")
                 con.unregister("_old")
@@ -299,7 +374,7 @@ class Store:
         holder = _holder(self.path)
         with holder.lock:
             if not holder.attached:
-                _attach(self.path, holder.alias, self.timeout)
+                _attach(self.path, holder.alias, self.timeout, holder.known)
                 holder.attached = True
             holder.active += 1
         try:
@@ -349,25 +424,20 @@ class Store:
             vec, scale = quantized[0].reshape(L * T, D), quantized[1].reshape(L * T).astype(np.float32)
         else:
             L, T, D = z.shape
-            vec, scale = quantize(z.reshape(L * T, D), rec.dtype)
+            vec, scale = blobs.quantize(z.reshape(L * T, D), rec.dtype)
         layer_col = np.repeat(np.arange(L, dtype=np.int16), T)
         pos_col = np.tile(np.arange(T, dtype=np.int32), L)
         H = attn_received.shape[1]
         acts = pa.table({"run_id": pa.array([rec.run_id] * (L * T)), "layer": layer_col, "pos": pos_col,
-                         "scale": scale, "vec": _blobs(vec),
+                         "scale": scale, "vec": blobs.to_blobs(vec),
                          "resid_norm": resid_norm.reshape(L * T).astype(np.float32),
-                         "attn_received": _attn_blobs(attn_received.transpose(0, 2, 1).reshape(L * T, H))})
+                         "attn_received": blobs.attn_to_blobs(attn_received.transpose(0, 2, 1).reshape(L * T, H))})
         toks = pa.table({"run_id": pa.array([rec.run_id] * T), "pos": np.arange(T, dtype=np.int32),
                          "token_id": np.asarray(token_ids, np.int32), "piece": pa.array(pieces, pa.string())})
         with self._transaction() as con:
             if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [rec.run_id]).fetchone():
                 return False
-            con.execute("INSERT INTO runs (run_id, model, fingerprint, mode, prefix, chat, method, params, "
-                        "text, n_tokens, n_layers, d_ff, n_heads, dtype) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [rec.run_id, rec.model, rec.fingerprint, rec.mode, rec.prefix, rec.chat, rec.method,
-                         json.dumps(rec.params, sort_keys=True), rec.text, rec.n_tokens, rec.n_layers,
-                         rec.d_ff, rec.n_heads, rec.dtype])
+            _insert_run(con, asdict(rec))
             con.register("_acts", acts)
             con.execute(f"INSERT INTO activations SELECT {_ACT_COLUMNS} FROM _acts")
             con.register("_toks", toks)
@@ -382,10 +452,7 @@ class Store:
         with self._connect() as con:
             tbl = con.sql("SELECT scale, vec FROM activations WHERE run_id = ? AND layer = ? ORDER BY pos",
                           params=[run_id, layer]).to_arrow_table()
-        out = _unblob(tbl.column("vec"), DTYPES[rec.dtype], rec.d_ff).astype(np.float32)
-        if rec.dtype == "int8":
-            out *= tbl.column("scale").to_numpy()[:, None]
-        return out
+        return blobs.dequantize(tbl.column("vec"), tbl.column("scale"), rec.dtype, rec.d_ff)
 
     def tokens(self, run_id: str) -> list[tuple[int, str]]:
         with self._connect() as con:
@@ -401,8 +468,8 @@ class Store:
                           "ORDER BY layer, pos", params=[run_id]).to_arrow_table()
         L, T = rec.n_layers, rec.n_tokens
         norm = tbl.column("resid_norm").to_numpy().reshape(L, T)
-        attn = _unblob(tbl.column("attn_received"), np.float16, rec.n_heads).reshape(L, T, -1)
-        return attn.transpose(0, 2, 1).astype(np.float32), norm
+        attn = blobs.attn_from_blobs(tbl.column("attn_received"), rec.n_heads).reshape(L, T, -1)
+        return attn.transpose(0, 2, 1), norm
 
     def list_runs(self, model: str | None = None, method: str | None = None, text: str | None = None,
                   limit: int = 1000) -> list[dict]:
@@ -451,7 +518,7 @@ class Store:
         return [{"kind": r[0], "model": r[1], "method": r[2], "params": json.loads(r[3]),
                  "result": json.loads(r[4]), "created_at": r[5]} for r in rows]
 
-    # ---- export / import of bundles (validation of untrusted files lives in bundle.py) ----------
+    # ---- export / import of bundles (validation of untrusted files lives in share/checks.py) -----
 
     def run_rows(self, run_id: str) -> tuple[dict, pa.Table]:
         """(run record as a dict with created_at, one row per (layer, pos) ordered by layer, pos:
@@ -470,7 +537,8 @@ class Store:
         rec["params"] = json.loads(rec["params"] or "{}")
         rec["created_at"] = str(rec["created_at"])
         i = tbl.schema.get_field_index("attn_received")
-        return rec, tbl.set_column(i, "attn_received", _attn_lists(tbl.column(i), rec["n_heads"]))
+        return rec, tbl.set_column(i, "attn_received", blobs.attn_to_lists(
+            blobs.attn_from_blobs(tbl.column(i), rec["n_heads"])))
 
     def results_for_runs(self, run_ids: list[str]) -> list[dict]:
         """Results rows whose key mentions one of the runs (metrics tied to them), for export."""
@@ -491,15 +559,10 @@ class Store:
             for rec in records:
                 if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [rec["run_id"]]).fetchone():
                     raise MoyuError(f"run {rec['run_id']} is already in {self.path}")
-                con.execute("INSERT INTO runs (run_id, model, fingerprint, mode, prefix, chat, method, params, "
-                            "text, n_tokens, n_layers, d_ff, n_heads, dtype) VALUES "
-                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [rec["run_id"], rec["model"], rec["fingerprint"], rec["mode"], rec["prefix"],
-                             rec["chat"], rec["method"], json.dumps(rec["params"], sort_keys=True), rec["text"],
-                             rec["n_tokens"], rec["n_layers"], rec["d_ff"], rec["n_heads"], rec["dtype"]])
+                _insert_run(con, rec)
             for tbl in tables:
                 i = tbl.schema.get_field_index("attn_received")
-                tbl = tbl.set_column(i, "attn_received", _attn_blobs_from_lists(tbl.column(i)))
+                tbl = tbl.set_column(i, "attn_received", blobs.attn_lists_to_blobs(tbl.column(i)))
                 con.register("_imp", tbl)
                 con.execute(f"INSERT INTO activations SELECT {_ACT_COLUMNS} FROM _imp")
                 con.execute("INSERT INTO tokens SELECT run_id, pos, token_id, piece FROM _imp WHERE layer = 0")

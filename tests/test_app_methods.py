@@ -1,179 +1,195 @@
-"""The Methods page against the methods API contract (moyu_core.methods / evaluate / decode).
-
-One test plugs in a stand-in that follows the contract (so the page is checked whatever state the
-methods package is in); the other runs the real methods on the real default model when present.
-"""
+"""A new method is one file and one registry line: a toy method written to a temporary module and
+registered works in evaluation, in simulated decode and on the app's Methods page, with nothing
+else changed. Then the Methods page on the real methods, and the background work it reads."""
 from __future__ import annotations
 
-import dataclasses
-import sys
-import types
+import importlib.util
+import math
 
 import numpy as np
 import pytest
 
-from test_app import app_db, assert_clean, open_app  # noqa: F401  (fixture re-used)
+from moyu_core import analysis
+from test_app import app_db, assert_clean, chart_specs, open_app, plotly_array  # noqa: F401  (fixture re-used)
+
+TOY_SOURCE = '''
+"""toy: each token's top-k of |z|, odd-indexed neurons weighted `odd_weight` times."""
+from dataclasses import dataclass
+
+import torch
+
+from moyu_core.methods.base import Method, topk_mask
 
 
-@dataclasses.dataclass(frozen=True)
-class TopKParams:
+@dataclass(frozen=True)
+class ToyParams:
     keep: float = 0.5
-    layers_from: int = 0
+    odd_weight: float = 2.0
 
 
-class TopK:
-    """Stand-in method: the true top-k of |z| (what the oracle keeps), from layer `layers_from`."""
+class Toy(Method):
+    """Toy: top-k of |z| * w per token, w = odd_weight on odd-indexed neurons, 1 elsewhere."""
 
-    name = "topk_standin"
+    name = "toy"
+    Params = ToyParams
+    selections = 0  # calls of select, all instances together
 
-    def __init__(self, **params):
-        self.params = TopKParams(**params)
+    def select(self, layer, z, gate, lm, x=None):
+        Toy.selections += 1
+        w = torch.ones(z.shape[-1])
+        w[1::2] = self.params.odd_weight
+        return topk_mask(z.abs() * w, self.params.keep)
 
-    def describe(self) -> dict:
-        return {"family": "test"}
 
-
-@dataclasses.dataclass(frozen=True)
-class ThresholdParams:
+@dataclass(frozen=True)
+class ToyThresholdParams:
     threshold: float = 0.05
 
 
-class Threshold:
-    """Stand-in threshold method (no keep): keeps |z| >= threshold."""
+class ToyThreshold(Method):
+    """Toy threshold method, no keep: keeps |z| >= threshold."""
 
-    name = "threshold_standin"
+    name = "toy_threshold"
+    Params = ToyThresholdParams
 
-    def __init__(self, **params):
-        self.params = ThresholdParams(**params)
-
-    def describe(self) -> dict:
-        return {"family": "TDA"}
-
-
-class Dense:
-    name = "dense"
-    params = TopKParams(keep=1.0)
+    def select(self, layer, z, gate, lm, x=None):
+        return z.abs() >= self.params.threshold
+'''
 
 
-def standin_modules(lm):
-    from moyu_core import analysis, hooks
-    from moyu_core.errors import MoyuError
+@pytest.fixture
+def toy(tmp_path):
+    """The toy methods' module, imported from a file and registered; unregistered afterwards."""
+    from moyu_core.methods import REGISTRY, register
 
-    calls = {"keep_masks": 0, "evaluate": 0, "generate": 0}
-
-    def make(name, **params):
-        if name == "dense":
-            return Dense()
-        if name not in (TopK.name, Threshold.name):
-            raise MoyuError(f"unknown method '{name}'")
-        try:
-            return (TopK if name == TopK.name else Threshold)(**params)
-        except TypeError as e:
-            raise MoyuError(str(e)) from e
-
-    def keep_masks(lm_, method, ids):
-        calls["keep_masks"] += 1
-        z = hooks.capture(lm_, ids).z  # (L, T, d_ff)
-        if method.name == Threshold.name:
-            return np.abs(z) >= method.params.threshold
-        masks = np.stack([analysis.top_mask(zl, method.params.keep) for zl in z])
-        masks[:method.params.layers_from] = True
-        return masks
-
-    def evaluate(lm_, method, store=None, windows=12, prompt_len=256, gen_len=64, progress=None):
-        calls["evaluate"] += 1
-        if progress:
-            progress(1.0)
-        return {"method": method.name, "params": dataclasses.asdict(method.params), "ppl": 11.0,
-                "dense_ppl": 10.0, "ppl_ratio": 1.1, "kl": 0.02, "top1_agree": 0.93,
-                "sparsity": 1 - method.params.keep, "per_layer": [], "windows": windows}
-
-    def generate(lm_, text, method, max_new_tokens=64, executed=True):
-        calls["generate"] += 1
-        dense = method.name == "dense"
-        return {"text": f"{method.name} continuation", "tokens": max_new_tokens, "prefill_ms": 50.0,
-                "decode_tokens_per_s": 20.0 if dense else 25.0, "label": "executed" if executed else "simulated"}
-
-    methods = types.ModuleType("moyu_core.methods")
-    methods.REGISTRY = {"dense": Dense, TopK.name: TopK, Threshold.name: Threshold}
-    methods.make, methods.keep_masks = make, keep_masks
-    evaluate_mod = types.ModuleType("moyu_core.evaluate")
-    evaluate_mod.evaluate = evaluate
-    decode = types.ModuleType("moyu_core.decode")
-    decode.generate = generate
-    return {"methods": methods, "evaluate": evaluate_mod, "decode": decode}, calls
+    path = tmp_path / "toy_method.py"
+    path.write_text(TOY_SOURCE)
+    spec = importlib.util.spec_from_file_location("toy_method", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        register(mod.Toy)
+        register(mod.ToyThreshold)
+        yield mod
+    finally:
+        REGISTRY.pop("toy", None)
+        REGISTRY.pop("toy_threshold", None)
 
 
-def test_methods_page_against_the_contract(app_db, lm, monkeypatch):  # noqa: F811
-    import moyu_core
+def toy_mask(z: np.ndarray, keep: float, odd_weight: float) -> np.ndarray:
+    """bool (T, d_ff): the toy's rule computed here, apart from the method's code."""
+    w = np.ones(z.shape[1])
+    w[1::2] = odd_weight
+    k = int(round(keep * z.shape[1]))
+    top = np.argsort(-np.abs(z) * w, axis=1, kind="stable")[:, :k]
+    mask = np.zeros(z.shape, dtype=bool)
+    np.put_along_axis(mask, top, True, axis=1)
+    return mask
 
-    mods, calls = standin_modules(lm)
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, f"moyu_core.{name}", mod)
-        monkeypatch.setattr(moyu_core, name, mod, raising=False)
+
+def recall(keep: np.ndarray, oracle: np.ndarray) -> float:
+    return (keep & oracle).sum() / oracle.sum()
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_toy_method_from_a_file_works_in_eval_and_simulated_decode(lm, toy):
+    from moyu_core.decode import generate
+    from moyu_core.evaluate import evaluate
+    from moyu_core.methods import make
+
+    res = evaluate(lm, make("toy", keep=0.5), windows=1, prompt_len=32, gen_len=8)
+    assert math.isfinite(res["ppl"]) and res["ppl_ratio"] != 1.0  # the toy's masks were applied
+    assert res["sparsity"] == pytest.approx(0.5, abs=0.01)
+    before = toy.Toy.selections
+    out = generate(lm, "some text", make("toy", keep=0.5), max_new_tokens=4, executed=False)
+    assert out["label"] == "simulated" and out["n_tokens"] == len(out["tokens"]) == 4
+    assert toy.Toy.selections > before
+
+
+def test_toy_method_on_the_methods_page(app_db, lm, toy):  # noqa: F811
+    """Listed, selected, drawn; its kept share and recall of the oracle (per layer too) equal the
+    toy's rule and `analysis.top_mask` computed here on the stored z; a parameter edit, a layer
+    switch (no new forward), quality and timing."""
     from moyu_core.runs import capture_run
 
-    store, _ = app_db  # float32 activations, so the oracle drawn from the store is exact
-    rid = capture_run(lm, store, "Oracle check: the quick brown fox.", dtype="float32").run_id
-    at = open_app("methods", run=rid, method=TopK.name, keep="0.25", layer="6")
+    store, _ = app_db  # float32 activations: the z read here is the z the page reads
+    rid = capture_run(lm, store, "Toy check: the quick brown fox jumps over the lazy dog.", dtype="float32").run_id
+    z = [store.activations(rid, li) for li in range(lm.n_layers)]
+    at = open_app("methods", run=rid, keep="0.5", layer="6")
+    assert_clean(at)
+    assert {"toy", "toy_threshold"} <= set(at.multiselect(key="url_method").options)
+    at.multiselect(key="url_method").set_value(["toy"]).run()
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Recall of the oracle"] == "100.0%"  # the stand-in keeps the oracle's set
-    assert metrics["Kept (this layer)"] == "25.0%"
-    assert at.query_params["keep"] == "0.25" and at.query_params["method"] == TopK.name
-    # a parameter edited live
-    at.number_input(key=f"p_{TopK.name}_layers_from").set_value(10).run()
+    assert at.query_params["method"] == "toy"
+    titles = [s["layout"]["title"]["text"] for s in chart_specs(at) if s["data"][0]["type"] == "heatmap"]
+    assert any(t.startswith("Layer 6: toy against the oracle") for t in titles), titles
+
+    def expect(li: int, odd_weight: float) -> tuple[str, str]:
+        mask = toy_mask(z[li], 0.5, odd_weight)
+        return f"{mask.mean():.1%}", f"{recall(mask, analysis.top_mask(z[li], 0.5)):.1%}"
+
+    shown = metrics(at)
+    assert (shown["Kept (this layer)"], shown["Recall of the oracle"]) == expect(6, 2.0)
+    assert recall(toy_mask(z[6], 0.5, 2.0), analysis.top_mask(z[6], 0.5)) < 0.99  # not the oracle's set
+    per_layer = next(s for s in chart_specs(at) if s["layout"]["title"]["text"] == "Recall per layer")
+    want = [recall(toy_mask(zl, 0.5, 2.0), analysis.top_mask(zl, 0.5)) for zl in z]
+    np.testing.assert_allclose(plotly_array(per_layer["data"][0]["y"]), want, atol=1e-4)
+
+    at.number_input(key="p_toy_odd_weight").set_value(1.0).run()  # the toy's rule becomes |z|
     assert_clean(at)
-    assert {m.label: m.value for m in at.metric}["Kept (this layer)"] == "100.0%"  # layer 6 < 10: dense
-    n_masks = calls["keep_masks"]
-    at.slider(key="url_layer").set_value(12).run()  # switching layer: no new forward pass
-    assert calls["keep_masks"] == n_masks
+    shown = metrics(at)
+    assert (shown["Kept (this layer)"], shown["Recall of the oracle"]) == expect(6, 1.0)
+    n = toy.Toy.selections
+    at.slider(key="url_layer").set_value(12).run()
+    assert toy.Toy.selections == n  # every layer's masks were drawn at once
+    shown = metrics(at)
+    assert (shown["Kept (this layer)"], shown["Recall of the oracle"]) == expect(12, 1.0)
+
+    next(s for s in at.select_slider if s.label == "Windows").set_value(2)
     next(b for b in at.button if b.label == "Evaluate quality").click().run()
     assert_clean(at)
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Perplexity ratio"] == "1.100" and calls["evaluate"] == 1
+    res = [r["result"] for r in store.results(kind="eval", model=lm.name) if r["result"]["method"] == "toy"][-1]
+    assert res["params"] == {"keep": 0.5, "odd_weight": 1.0} and res["windows"] == 2
+    shown = metrics(at)
+    assert shown["Perplexity ratio"] == f"{res['ppl_ratio']:.3f}" and shown["Measured sparsity"] == "50.0%"
+
+    next(s for s in at.select_slider if s.label == "New tokens").set_value(16)
     next(b for b in at.button if b.label == "Generate").click().run()
     assert_clean(at)
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Speed-up (executed)"] == "1.25×"
-    from moyu_core import analysis
-
-    ceiling = analysis.speedup_ceiling(analysis.mlp_weight_share(lm.model), 0.25)
-    assert 1.75 < ceiling < 1.85 and metrics["Ceiling at keep 0.25"] == f"{ceiling:.2f}×"
-    assert any(t.value == f"{TopK.name} continuation" for t in at.text)
+    shown = metrics(at)
+    ceiling = analysis.speedup_ceiling(analysis.mlp_weight_share(lm.model), 0.5)
+    assert shown["Ceiling at keep 0.50"] == f"{ceiling:.2f}×" and "Speed-up (executed)" in shown
+    assert len([t for t in at.text if t.value]) == 2  # dense and toy continuations
 
 
-def test_threshold_method_without_keep_gets_its_measured_ceiling(app_db, lm, monkeypatch):  # noqa: F811
-    import moyu_core
-    from moyu_core import analysis, hooks
-
-    mods, _ = standin_modules(lm)
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, f"moyu_core.{name}", mod)
-        monkeypatch.setattr(moyu_core, name, mod, raising=False)
+def test_method_without_keep_gets_the_ceiling_at_its_measured_share(app_db, lm, toy):  # noqa: F811
     store, rid = app_db
-    at = open_app("methods", run=rid, method=Threshold.name)
+    at = open_app("methods", run=rid, method="toy_threshold")
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
+    next(s for s in at.select_slider if s.label == "New tokens").set_value(16)
     next(b for b in at.button if b.label == "Generate").click().run()
     assert_clean(at)
-    z = hooks.capture(lm, [i for i, _ in store.tokens(rid)]).z
-    kept = float((np.abs(z) >= 0.05).mean())
-    label = f"Ceiling at keep {kept:.2f}"
+    rec = store.run(rid)
+    kept = float(np.mean([(np.abs(store.activations(rid, li)) >= 0.05).mean() for li in range(rec.n_layers)]))
     ceiling = analysis.speedup_ceiling(analysis.mlp_weight_share(lm.model), kept)
-    assert {m.label: m.value for m in at.metric}[label] == f"{ceiling:.2f}×"
+    assert metrics(at)[f"Ceiling at keep {kept:.2f}"] == f"{ceiling:.2f}×"
 
 
 def test_methods_page_on_real_methods(app_db):  # noqa: F811
-    methods = pytest.importorskip("moyu_core.methods")
-    names = [n for n in methods.REGISTRY if n not in ("dense", "oracle")]
+    from moyu_core.methods import REGISTRY
+
+    names = [n for n in REGISTRY if n not in ("dense", "oracle")]
     _, rid = app_db
     at = open_app("methods", run=rid, method=names[0], keep="0.5")
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Kept (this layer)"].endswith("%") and "Recall of the oracle" in metrics
+    shown = metrics(at)
+    assert shown["Kept (this layer)"].endswith("%") and "Recall of the oracle" in shown
 
 
 def test_methods_page_dejavu_without_router_offers_training(app_db, tmp_path, monkeypatch):  # noqa: F811
@@ -184,27 +200,28 @@ def test_methods_page_dejavu_without_router_offers_training(app_db, tmp_path, mo
     at = open_app("methods", run=rid, method="dejavu,tda", keep="0.5")
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
-    assert any(b.label == "Train router" for b in at.button)
+    assert at.button(key="train_router").label == "Train router"
     assert "Recall of the oracle" in {m.label for m in at.metric}
 
 
 def test_a_page_showing_a_run_prepares_the_methods_page(app_db, lm):  # noqa: F811
     """Explore, once drawn, starts in the background the forward the gate/input methods read and
     the oracle at the session's keep for every layer; both equal what is computed directly."""
-    import moyu_ui
-    from moyu_core import analysis, methods
+    import ui_jobs
+    import ui_store
+    from moyu_core import masks
 
     store, rid = app_db
     at = open_app(run=rid)  # Explore
     assert_clean(at)
-    gate, x = moyu_ui._INPUTS[(moyu_ui.db_path(), lm.name, rid)].result(timeout=120)
+    gate, x = ui_jobs._INPUTS[(ui_store.db_path(), lm.name, rid)].result(timeout=120)
     ids = [i for i, _ in store.tokens(rid)]
-    want_gate, want_x = methods.method_inputs(lm, ids)
+    want_gate, want_x = masks.method_inputs(lm, ids)
     np.testing.assert_allclose(gate, want_gate, atol=1e-5)
     np.testing.assert_allclose(x, want_x, atol=1e-5)
-    moyu_ui._INPUTS_POOL.submit(lambda: None).result(timeout=120)  # one worker: the oracle is done
+    ui_jobs._POOL.submit(lambda: None).result(timeout=120)  # one worker: the oracle is done
     for li in range(lm.n_layers):
-        assert (moyu_ui.db_path(), rid, li, 0.5) in moyu_ui._ORACLES
+        assert (ui_store.db_path(), rid, li, 0.5) in ui_jobs._ORACLES
     for li in (0, lm.n_layers - 1):
-        np.testing.assert_array_equal(moyu_ui.oracle_mask(rid, li, 0.5),
+        np.testing.assert_array_equal(ui_jobs.oracle_mask(rid, li, 0.5),
                                       analysis.top_mask(store.activations(rid, li), 0.5))

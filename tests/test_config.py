@@ -12,7 +12,7 @@ CONFIG = ROOT / ".streamlit" / "config.toml"
 
 
 def test_config_file_values():
-    from moyu_core.bundle import MAX_BUNDLE_MB
+    from moyu_core.share.checks import MAX_BUNDLE_MB
 
     cfg = tomllib.loads(CONFIG.read_text())
     assert cfg["server"]["address"] == "127.0.0.1"

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "streamlit_app.py")
-sys.path.insert(0, str(ROOT / "app"))
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -42,8 +40,8 @@ def test_experiments_page_shows_stored_verdicts_and_runs(exp_db):
     infos = " ".join(i.value for i in at.info)
     assert "relu-swiglu" in infos  # no comparison stored: a hint, not an error
     # run the ablation form with the smallest settings
-    at.number_input[2].set_value(2)   # ablation: texts
-    at.button[1].click().run()
+    at.number_input(key="ablation_texts").set_value(2)
+    at.button(key="ablation_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "earliest heavy hitter" in " ".join(m.value for m in at.markdown)
     assert not at.error, [e.value for e in at.error]

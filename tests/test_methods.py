@@ -6,7 +6,8 @@ import torch
 
 from moyu_core.errors import MoyuError
 from moyu_core.hooks import hook_count
-from moyu_core.methods import REGISTRY, keep_masks, make, masked_logits
+from moyu_core.masks import keep_masks, masked_logits
+from moyu_core.methods import REGISTRY, make
 from moyu_core.methods.griffin import flocking_score
 
 TEXT = "The quick brown fox jumps over the lazy dog because it wants to reach the river before dark."
@@ -108,7 +109,7 @@ def test_keep_masks_without_a_forward_match_the_forward(lm):
     capture); those reading the gate or the MLP input from `method_inputs`; each says None when
     handed only what it does not read."""
     from moyu_core.hooks import capture
-    from moyu_core.methods import keep_masks_from, method_inputs
+    from moyu_core.masks import keep_masks_from, method_inputs
     ids = lm.encode(TEXT)
     z = capture(lm, ids).z
     inputs = method_inputs(lm, ids)

@@ -55,3 +55,14 @@ def test_chat_template(lm, db):
     r = runs.capture_run(lm, db, "What is a heavy hitter?", chat=True)
     pieces = [p for _, p in db.tokens(r.run_id)]
     assert pieces[0] == "<|im_start|>" and r.tokens > 8
+
+
+def test_trained_folders_are_listed_without_the_experiment(tmp_path, monkeypatch):
+    """Models `relu-swiglu` trained under cache/trained/ open by name, no import needed."""
+    monkeypatch.setattr(models, "TRAINED_DIR", tmp_path)
+    (tmp_path / "tiny-relu").mkdir()
+    (tmp_path / "tiny-relu" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "tiny-relu" / "moyu_training.json").write_text("{}")
+    (tmp_path / "half-written").mkdir()
+    assert "tiny-relu" in models.available_models() and "half-written" not in models.available_models()
+    assert models.resolve("tiny-relu")[0] == tmp_path / "tiny-relu"

@@ -101,12 +101,13 @@ def test_recall_and_precision_are_stored_and_beat_random(trained):
 def test_dejavu_keeps_router_top_k(lm, trained, routers):
     from moyu_core import router
     from moyu_core.methods import make
+    from moyu_core.preparation import prepare
 
     T = 5
     x = torch.randn(T, lm.model.config.hidden_size)
     z = torch.randn(T, lm.d_ff)
     assert make("dejavu", keep=1.0).select(3, z, z, lm, x).all()
-    m = make("dejavu", keep=0.25).select(3, z, z, lm, x)
+    m = prepare(lm, make("dejavu", keep=0.25)).select(3, z, z, lm, x)
     assert m.shape == (T, lm.d_ff) and (m.sum(1) == lm.d_ff // 4).all()
     top = router.load_router(lm).logits(3, x).topk(lm.d_ff // 4, dim=1).indices
     assert m.gather(1, top).all()
@@ -115,12 +116,15 @@ def test_dejavu_keeps_router_top_k(lm, trained, routers):
 def test_dejavu_without_router_or_x_raises(lm, tmp_path, monkeypatch):
     from moyu_core.errors import MoyuError
     from moyu_core.methods import make
+    from moyu_core.preparation import prepare
 
     monkeypatch.setenv("MOYU_ROUTER_DIR", str(tmp_path / "empty"))
     x = torch.randn(3, lm.model.config.hidden_size)
     z = torch.randn(3, lm.d_ff)
-    assert make("dejavu", keep=1.0).select(0, z, z, lm, x).all()  # keep 1.0 needs no router
+    assert prepare(lm, make("dejavu", keep=1.0)).select(0, z, z, lm, x).all()  # keep 1.0 needs no router
     with pytest.raises(MoyuError, match="train-router"):
+        prepare(lm, make("dejavu", keep=0.5))
+    with pytest.raises(MoyuError, match="not prepared"):
         make("dejavu", keep=0.5).select(0, z, z, lm, x)
     with pytest.raises(MoyuError, match="MLP input"):
         make("dejavu", keep=0.5).select(0, z, z, lm)

@@ -10,9 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from moyu_core import bundle
 from moyu_core.errors import MoyuError
-from moyu_core.store import RunRecord, Store, content_hash
+from moyu_core.share.checks import MAX_BUNDLE_BYTES
+from moyu_core.share.export import export_runs
+from moyu_core.share.importer import import_bundle, import_bytes
+from moyu_core.share.team import open_store
+from moyu_core.store import RunRecord, Store, run_id_for
 
 SQL = "x'); DROP TABLE runs; --"
 
@@ -22,8 +25,7 @@ def synthetic_run(store: Store, T: int = 5, L: int = 2, D: int = 16, H: int = 3,
     """A run written through the normal store path, with an id that addresses its content."""
     rng = np.random.default_rng(seed)
     ids = [int(i) for i in rng.integers(0, 1000, T)]
-    rid = content_hash({"fingerprint": "fp", "ids": ids, "mode": "sequential", "prefix": [], "method": "dense",
-                        "params": {}, "dtype": dtype, "schema": 1})
+    rid = run_id_for("fp", ids, "sequential", [], "dense", {}, dtype)
     rec = RunRecord(run_id=rid, model="tiny", fingerprint="fp", mode="sequential", prefix="", chat=False,
                     method="dense", params={}, text=text, n_tokens=T, n_layers=L, d_ff=D, n_heads=H, dtype=dtype)
     store.put_run(rec, ids, pieces or [f"t{i}" for i in range(T)], rng.normal(size=(L, T, D)).astype(np.float32),
@@ -53,7 +55,7 @@ def source(tmp_path):
     s = Store(tmp_path / "src.duckdb")
     rid = synthetic_run(s)
     s.put_result("eval", {"run_id": rid, "keep": 0.5}, {"ppl": 12.5})
-    path = bundle.export_runs(s, [rid], tmp_path / "good.parquet")
+    path = export_runs(s, [rid], tmp_path / "good.parquet")
     yield s, rid, path
     s.close()
 
@@ -65,8 +67,8 @@ def test_real_model_export_import_identical(lm, tmp_path):
     r1 = capture_run(lm, a, "The cat sat on the mat.")
     r2 = capture_run(lm, a, "one two three", mode="parallel", prefix="Words:", dtype="float16")
     a.put_result("eval", {"run_id": r1.run_id, "method": "griffin"}, {"ppl_ratio": 1.02})
-    path = bundle.export_runs(a, [r1.run_id, r2.run_id], tmp_path / "two.parquet")
-    assert bundle.import_bundle(b, path) == [r1.run_id, r2.run_id]
+    path = export_runs(a, [r1.run_id, r2.run_id], tmp_path / "two.parquet")
+    assert import_bundle(b, path) == [r1.run_id, r2.run_id]
     for rid in (r1.run_id, r2.run_id):
         ra = a.run(rid)
         assert b.run(rid) == ra
@@ -81,7 +83,7 @@ def test_real_model_export_import_identical(lm, tmp_path):
     assert len(df) == sum(a.run(r).n_layers * a.run(r).n_tokens for r in (r1.run_id, r2.run_id))
     # importing again changes nothing
     before = snapshot(b)
-    assert bundle.import_bundle(b, path) == [r1.run_id, r2.run_id]
+    assert import_bundle(b, path) == [r1.run_id, r2.run_id]
     assert snapshot(b) == before
     a.close(), b.close()
 
@@ -151,7 +153,7 @@ def hostile_files(tmp_path, good, source_store, rid) -> dict:
 
     # a real bundle of 1 layer x 4321 tokens, then a footer that claims three billion rows
     s = Store(tmp_path / "big.duckdb")
-    big = bundle.export_runs(s, [synthetic_run(s, T=4321, L=1, D=4, H=1)], tmp_path / "big_ok.parquet")
+    big = export_runs(s, [synthetic_run(s, T=4321, L=1, D=4, H=1)], tmp_path / "big_ok.parquet")
     s.close()
     p = tmp_path / "billions.parquet"
     patch_num_rows(big, p, 4321, 3_000_000_000)
@@ -170,7 +172,7 @@ def hostile_files(tmp_path, good, source_store, rid) -> dict:
         rewrite(good, p, poke(col, value))
         files[name] = (p, "NaN or infinite")
     s = Store(tmp_path / "f16.duckdb")
-    f16 = bundle.export_runs(s, [synthetic_run(s, dtype="float16", seed=3)], tmp_path / "f16_ok.parquet")
+    f16 = export_runs(s, [synthetic_run(s, dtype="float16", seed=3)], tmp_path / "f16_ok.parquet")
     s.close()
     p = tmp_path / "f16nan.parquet"
     rewrite(f16, p, poke("vec", np.full(16, np.inf, np.float16).tobytes()))
@@ -200,7 +202,7 @@ def hostile_files(tmp_path, good, source_store, rid) -> dict:
     p = tmp_path / "sparse.parquet"
     with p.open("wb") as f:
         f.write(b"PAR1")
-        f.truncate(bundle.MAX_BUNDLE_BYTES + 1)
+        f.truncate(MAX_BUNDLE_BYTES + 1)
     files["oversized file"] = (p, "MB limit")
     return files
 
@@ -215,7 +217,7 @@ def test_hostile_files_refused_db_unchanged(source, tmp_path, monkeypatch):
     assert len(files) >= 15
     for name, (path, expect) in files.items():
         with pytest.raises(MoyuError) as e:
-            bundle.import_bundle(target, path)
+            import_bundle(target, path)
             pytest.fail(f"{name} was imported")
         msg = str(e.value)
         assert "\n" not in msg and path.name in msg, (name, msg)
@@ -225,17 +227,17 @@ def test_hostile_files_refused_db_unchanged(source, tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED_DIR").exists()
     # an oversized upload is refused before it touches the disk
     with pytest.raises(MoyuError, match="MB limit"):
-        bundle.import_bytes(target, b"PAR1" + bytes(bundle.MAX_BUNDLE_BYTES), "huge.parquet")
+        import_bytes(target, b"PAR1" + bytes(MAX_BUNDLE_BYTES), "huge.parquet")
     assert snapshot(target) == before
     # the good file still imports, next to the victim's run
-    assert bundle.import_bundle(target, good) == [rid]
+    assert import_bundle(target, good) == [rid]
     target.close()
 
 
 def test_bad_row_group_after_good_ones_rolls_back(source, tmp_path):
     s, _, _ = source
     rid2 = synthetic_run(s, T=6, seed=5)
-    good = bundle.export_runs(s, [s.list_runs()[-1]["run_id"], rid2], tmp_path / "two.parquet")
+    good = export_runs(s, [s.list_runs()[-1]["run_id"], rid2], tmp_path / "two.parquet")
     assert pq.read_metadata(good).num_row_groups >= 3
     bad = tmp_path / "late_nan.parquet"
     tbl = pq.read_table(good)
@@ -247,7 +249,7 @@ def test_bad_row_group_after_good_ones_rolls_back(source, tmp_path):
     target = Store(tmp_path / "t.duckdb")
     before = snapshot(target)
     with pytest.raises(MoyuError, match="NaN"):
-        bundle.import_bundle(target, bad)
+        import_bundle(target, bad)
     assert snapshot(target) == before
     target.close()
 
@@ -256,7 +258,7 @@ def test_sql_in_strings_is_stored_as_text(tmp_path):
     a, b = Store(tmp_path / "a.duckdb"), Store(tmp_path / "b.duckdb")
     rid = synthetic_run(a, text=SQL, pieces=[SQL, "'", '"', ";", "--"])
     a.put_result("note", {"run_id": rid, "q": SQL}, {"text": SQL})
-    bundle.import_bundle(b, bundle.export_runs(a, [rid], tmp_path / "sql.parquet"))
+    import_bundle(b, export_runs(a, [rid], tmp_path / "sql.parquet"))
     assert b.run(rid).text == SQL and b.tokens(rid)[0][1] == SQL
     assert b.results("note")[0]["result"] == {"text": SQL}
     assert snapshot(b)[0][0] == 1  # the runs table is still there
@@ -274,7 +276,7 @@ def test_conflicting_run_id_refused(source, tmp_path):
                   rng.random((2, 3, 5)).astype(np.float32), rng.random((2, 5)).astype(np.float32))
     before = snapshot(other)
     with pytest.raises(MoyuError, match="other content"):
-        bundle.import_bundle(other, good)
+        import_bundle(other, good)
     assert snapshot(other) == before
     other.close()
 
@@ -288,7 +290,7 @@ def test_team_store_reads_in_place(source, tmp_path):
     files_before = sorted((p.name, p.stat().st_mtime_ns) for p in team.iterdir())
     local = Store(tmp_path / "local.duckdb")
     own = synthetic_run(local, seed=9)
-    layered = bundle.open_store(local.path, team)
+    layered = open_store(local.path, team)
     listed = {r["run_id"]: r["source"] for r in layered.list_runs()}
     assert listed == {own: "local", rid: "team:runs.parquet"}
     assert "junk.parquet" in layered.team.skipped
@@ -309,11 +311,11 @@ def test_import_of_a_row_group_mixing_head_counts(tmp_path):
     converted row by row, each run reads back what was exported."""
     a, b = Store(tmp_path / "a.duckdb"), Store(tmp_path / "b.duckdb")
     r3, r5 = synthetic_run(a, H=3, seed=1), synthetic_run(a, H=5, seed=2, text="other")
-    path = bundle.export_runs(a, [r3, r5], tmp_path / "two.parquet")
+    path = export_runs(a, [r3, r5], tmp_path / "two.parquet")
     one = tmp_path / "one.parquet"
     rewrite(path, one, lambda t: t)
     assert pq.read_metadata(one).num_row_groups == 1
-    assert bundle.import_bundle(b, one) == [r3, r5]
+    assert import_bundle(b, one) == [r3, r5]
     for rid in (r3, r5):
         for x, y in zip(a.token_stats(rid), b.token_stats(rid)):
             np.testing.assert_array_equal(x, y)

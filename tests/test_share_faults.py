@@ -29,7 +29,6 @@ def test_crash_safety_few_kills(tmp_path):
 APP_LIKE = textwrap.dedent("""
     # Reads like the app does: a burst of reads when a user clicks, then think time.
     import os, sys, time
-    sys.path.insert(0, sys.argv[1])
     from moyu_core.store import Store
     s = Store(sys.argv[2])
     rid = s.list_runs()[0]["run_id"]

@@ -2,23 +2,17 @@
 from __future__ import annotations
 
 import pickle
-import sys
-from pathlib import Path
 
 import pytest
 
-from moyu_core import bundle
+from moyu_core import share as bundle
 from moyu_core.store import Store
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_share import synthetic_run  # noqa: E402
+from test_share import synthetic_run
 
-ROOT = Path(__file__).resolve().parent.parent
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 SCRIPT = """
-import sys
-sys.path[:0] = [{app!r}, {root!r}]
-from moyu_core import bundle
+from moyu_core import share as bundle
 import share_ui
 store = bundle.open_store({db!r}, {team!r})
 share_ui.render_share(store, {ids!r})
@@ -35,8 +29,8 @@ def test_download_and_team_folder(tmp_path):
     local = Store(tmp_path / "local.duckdb")
     own = synthetic_run(local, seed=3)
     local.close()
-    at = AppTest.from_string(SCRIPT.format(app=str(ROOT / "app"), root=str(ROOT), db=str(local.path),
-                                           team=str(team), ids=[own, team_rid]), default_timeout=60).run()
+    at = AppTest.from_string(SCRIPT.format(db=str(local.path), team=str(team), ids=[own, team_rid]),
+                             default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     buttons = at.get("download_button")
     assert len(buttons) == 1 and "Download 1 run(s)" in buttons[0].proto.label
@@ -44,7 +38,6 @@ def test_download_and_team_folder(tmp_path):
     assert "come from the team folder" in captions and "1 run(s) listed" in captions
     assert any("evil.parquet: not a Parquet file" in t.value for t in at.text)
     # the bundle the button would serve imports into a fresh database
-    sys.path.insert(0, str(ROOT / "app"))
     import share_ui
 
     data = share_ui._bundle_bytes(bundle.open_store(local.path), [own])

@@ -1,13 +1,19 @@
-"""The DuckDB store: quantization bound, dtypes, cache hits, schema version, atomic runs."""
+"""The DuckDB store: quantization bound, dtypes, cache hits, schema version, atomic runs, stable
+run ids, one read interface, and database files from elsewhere refused before they are read."""
 from __future__ import annotations
+
+import hashlib
+import inspect
 
 import duckdb
 import numpy as np
 import pytest
 
 from moyu_core import hooks, runs
+from moyu_core.blobs import quantize
 from moyu_core.errors import MoyuError
-from moyu_core.store import RunRecord, Store, quantize
+from moyu_core.share.team import LayeredStore, TeamStore
+from moyu_core.store import RunReader, RunRecord, Store, run_id_for
 
 
 def _record(run_id="r1", L=2, T=5, D=64, dtype="int8"):
@@ -168,3 +174,77 @@ def test_capture_time_int8_equals_store_rule(tiny_lm):
     q, scale = quantize(flt.z.reshape(L * T, D), "int8")
     np.testing.assert_allclose(q8.z_scale.reshape(-1), scale, rtol=1e-6)
     assert np.abs(q8.z_int8.reshape(L * T, D).astype(int) - q.astype(int)).max() <= 1  # ties may round apart
+
+
+def test_run_ids_never_change():
+    """Existing databases and bundles address their runs with these ids."""
+    assert run_id_for("fp", [1, 2, 3], "sequential", [], "dense", {}, "int8") == "90cd6aa55d5b16da49ee32dd"
+    assert run_id_for("fp", [7], "parallel", [0, 1], "griffin", {"keep": 0.5}, "float16") == \
+        "31fa78af7a28e68ff7ab67b8"
+
+
+def test_every_store_reads_through_one_interface(tmp_path):
+    names = sorted(n for n, v in vars(RunReader).items() if callable(v) and not n.startswith("_"))
+    assert names == ["activations", "has_run", "list_runs", "run", "token_stats", "tokens"]
+    for cls in (Store, TeamStore, LayeredStore):
+        for n in names:
+            assert inspect.signature(getattr(cls, n)) == inspect.signature(getattr(RunReader, n)), (cls, n)
+    local = Store(tmp_path / "local.duckdb")
+    (tmp_path / "team").mkdir()
+    team = TeamStore(tmp_path / "team")
+    assert all(isinstance(s, RunReader) for s in (local, team, LayeredStore(local, team)))
+    local.close()
+
+
+def _moyu_file(path, *statements):
+    """A moyu database, then `statements` run on it by another DuckDB connection. This process
+    opened the file first, so a refusal also shows that a file changed since this process last
+    detached it is checked again."""
+    Store(path).close()
+    con = duckdb.connect(str(path))
+    for stmt in statements:
+        con.execute(stmt)
+    con.close()
+
+
+HOSTILE = {
+    "runs is a view over a local file": (
+        ["DROP TABLE runs", "CREATE VIEW runs AS SELECT * FROM read_csv('{secret}')"],
+        "table 'runs' is a view (a view can read local files)"),
+    "any view": (["CREATE VIEW harmless AS SELECT 42 AS answer"], "'harmless' is a view"),
+    "macro shadowing a built-in": (["CREATE MACRO lower(x) AS (SELECT count(*) FROM read_csv('{secret}'))"],
+                                   "defines the macro 'lower'"),
+    "runs with other columns": (["DROP TABLE runs", "CREATE TABLE runs (run_id VARCHAR, payload VARCHAR)"],
+                                "table 'runs' has the columns (run_id VARCHAR, payload VARCHAR)"),
+    "tokens with another type": (["DROP TABLE tokens", "CREATE TABLE tokens (run_id VARCHAR, pos INTEGER, "
+                                  "token_id BIGINT, piece VARCHAR)"], "table 'tokens' has the columns"),
+    "another application's database": (["CREATE SCHEMA shop", "CREATE TABLE shop.orders (id INTEGER)"],
+                                       "a table 'shop.orders' that moyu does not have"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_database_from_elsewhere_refused_unread_and_unchanged(tmp_path, name):
+    statements, expect = HOSTILE[name]
+    secret = tmp_path / "secret.csv"
+    secret.write_text("user,password\nroot,hunter2\n")
+    path = tmp_path / "other.duckdb"
+    _moyu_file(path, *(s.format(secret=secret) for s in statements))
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(MoyuError) as e:
+        Store(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path} is not a moyu database: ") and msg.endswith("; refusing to open it"), msg
+    assert expect in msg and "\n" not in msg and "hunter2" not in msg, msg
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.duckdb", "secret.csv"]  # no WAL either
+
+
+def test_good_and_new_files_open(tmp_path):
+    path = tmp_path / "good.duckdb"
+    db = Store(path)  # a new file is created
+    _put(db, _record())
+    db.close()
+    db = Store(path)  # and opens again, attached afresh
+    assert db.has_run("r1") and db.activations("r1", 1).shape == (5, 64)
+    db.close()

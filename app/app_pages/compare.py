@@ -5,8 +5,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-import moyu_ui as ui
+import ui_errors
+import ui_state
+import ui_store
 from moyu_core import analysis
+from moyu_core.models import DEFAULT_MODEL
 
 QUALITY = {"ppl_ratio": "perplexity ratio (lower is better)", "kl": "KL(dense‖method)",
            "top1_agree": "top-1 agreement with dense"}
@@ -14,23 +17,23 @@ QUALITY = {"ppl_ratio": "perplexity ratio (lower is better)", "kl": "KL(dense‖
 
 def main() -> None:
     st.title("Compare")
-    store = ui.store()
-    models = sorted({r["model"] for r in store.results() if r.get("model")}) or ["smollm2-135m"]
+    store = ui_store.store()
+    models = sorted({r["model"] for r in store.results() if r.get("model")}) or [DEFAULT_MODEL]
     c1, c2, c3 = st.columns([2, 2, 2])
-    k_model = ui.url_state("model", models[0], str, lambda v: v in models)
+    k_model = ui_state.url_state("model", models[0], str, lambda v: v in models)
     c1.selectbox("Model", models, key=k_model)
-    model = ui.sync_url("model")
-    mlp_share = (analysis.mlp_weight_share(ui.model(model).model)
-                 if model in ui.available_models() else None)  # for the ceiling at each keep
+    model = ui_state.sync_url("model")
+    mlp_share = (analysis.mlp_weight_share(ui_store.model(model).model)
+                 if model in ui_store.available_models() else None)  # for the ceiling at each keep
     df = pd.DataFrame(analysis.metrics_table(store.results(model=model), mlp_share))
     if df.empty:
         st.info("No stored metrics yet. Evaluate a method on the **Methods** page, or run "
                 "`python -m moyu_core eval --method NAME --keep F` and `benchmarks/pareto.py`; their "
                 "results land in this database.", icon=":material/info:")
         return
-    k_q = ui.url_state("quality", "ppl_ratio", str, lambda v: v in QUALITY)
+    k_q = ui_state.url_state("quality", "ppl_ratio", str, lambda v: v in QUALITY)
     c2.selectbox("Quality", list(QUALITY), key=k_q, format_func=QUALITY.get)
-    quality = ui.sync_url("quality")
+    quality = ui_state.sync_url("quality")
     has_speed = df["speedup"].notna().any()
     x = "speedup" if has_speed else "keep"
     c3.caption("x axis: measured decode speed-up" + ("" if has_speed else " — none stored yet, so keep is shown"))
@@ -57,8 +60,8 @@ def main() -> None:
         "top1_agree": num("top-1 agree", format="percent"), "sparsity": num(format="percent"),
         "speedup": num("speed-up ×", format="%.2f"), "ceiling": num("ceiling ×", format="%.2f")})
     st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"moyu-compare-{model}.csv",
-                       mime="text/csv", icon=":material/download:")
+                       mime="text/csv", icon=":material/download:", key="compare_csv")
     st.caption("Speed-ups are labelled executed (skipped weights not read) or simulated (masking only).")
 
 
-ui.guard(main)
+ui_errors.guard(main)

@@ -6,7 +6,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-import moyu_ui as ui
+import ui_errors
+import ui_store
+import ui_text
 from moyu_core.experiments import applicability, hh_ablation, inertia
 from moyu_core.experiments import relu_swiglu as rs
 
@@ -17,14 +19,14 @@ BADGE = {"supported": ":green-badge[supported]", "contradicted": ":red-badge[con
 def _verdicts(verdicts: dict) -> None:
     for v in verdicts.values():
         if isinstance(v, dict) and "verdict" in v:
-            st.markdown(f"{BADGE.get(v['verdict'], v['verdict'])} **{ui.md_escape(v['claim'])}** — "
-                        f"{ui.md_escape(v['text'].split(': ', 1)[-1])}")
+            st.markdown(f"{BADGE.get(v['verdict'], v['verdict'])} **{ui_text.md_escape(v['claim'])}** — "
+                        f"{ui_text.md_escape(v['text'].split(': ', 1)[-1])}")
         else:
             st.info(str(v))
 
 
 def _latest(kind: str):
-    rows = ui.store().results(kind=kind)
+    rows = ui_store.store().results(kind=kind)
     return rows[-1] if rows else None
 
 
@@ -37,17 +39,17 @@ def _inertia_tab() -> None:
     st.caption("Figure 2 a–d: sentences from the Python docs vs seeded random word lists from the same "
                "vocabulary, each token alone (parallel) or in one sequence (sequential). Inertia = mean "
                "pairwise Jaccard of the per-token top-10% |z| neuron sets, first token excluded.")
-    models = ui.available_models()
+    models = ui_store.available_models()
     with st.form("inertia"):
         c1, c2, c3 = st.columns(3)
-        model = c1.selectbox("Model", models, index=models.index("smollm2-135m") if "smollm2-135m" in models else 0)
-        n = c2.number_input("Texts of each kind", 2, 32, 8)
-        t = c3.number_input("Tokens per text", 4, 256, 40)
-        go_ = st.form_submit_button("Run (cached when already done)", type="primary")
+        model = c1.selectbox("Model", models, index=ui_store.default_model_index(models), key="inertia_model")
+        n = c2.number_input("Texts of each kind", 2, 32, 8, key="inertia_texts")
+        t = c3.number_input("Tokens per text", 4, 256, 40, key="inertia_tokens")
+        go_ = st.form_submit_button("Run (cached when already done)", type="primary", key="inertia_run")
     res = None
     if go_:
-        lm = ui.model(model)
-        res = inertia.run(lm, ui.store(), inertia.InertiaParams(n_texts=int(n), n_tokens=int(t)),
+        lm = ui_store.model(model)
+        res = inertia.run(lm, ui_store.store(), inertia.InertiaParams(n_texts=int(n), n_tokens=int(t)),
                           progress=_progress_bar())
     else:
         row = _latest(inertia.KIND)
@@ -87,16 +89,16 @@ def _ablation_tab() -> None:
     st.caption("Block every later query from attending to the earliest heavy hitter (or, as the control, "
                "a random other token), then compare activations, Griffin's neurons and Griffin's "
                "continuation perplexity with the unablated run.")
-    models = ui.available_models()
+    models = ui_store.available_models()
     with st.form("ablation"):
         c1, c2, c3 = st.columns(3)
-        model = c1.selectbox("Model", models, index=models.index("smollm2-135m") if "smollm2-135m" in models else 0)
-        n = c2.number_input("Texts", 2, 32, 8)
-        skip = c3.checkbox("Never pick token 0 (the sink)")
-        go_ = st.form_submit_button("Run (cached when already done)", type="primary")
+        model = c1.selectbox("Model", models, index=ui_store.default_model_index(models), key="ablation_model")
+        n = c2.number_input("Texts", 2, 32, 8, key="ablation_texts")
+        skip = c3.checkbox("Never pick token 0 (the sink)", key="ablation_skip_first")
+        go_ = st.form_submit_button("Run (cached when already done)", type="primary", key="ablation_run")
     res = None
     if go_:
-        res = hh_ablation.run(ui.model(model), ui.store(),
+        res = hh_ablation.run(ui_store.model(model), ui_store.store(),
                               hh_ablation.AblationParams(n_texts=int(n), skip_first=skip), progress=_progress_bar())
     else:
         row = _latest(hh_ablation.KIND)
@@ -119,7 +121,7 @@ def _relu_tab() -> None:
                "parameter count, data, seed and steps). Training runs from the command line: "
                "`python -m moyu_core relu-swiglu` (up to 15 min per model); this page shows the stored "
                "comparison.")
-    rows = ui.store().results(kind=rs.KIND + ":model")
+    rows = ui_store.store().results(kind=rs.KIND + ":model")
     if not rows:
         st.info("No comparison stored yet: run `python -m moyu_core relu-swiglu`.")
         return
@@ -136,10 +138,10 @@ def _relu_tab() -> None:
 
 def _applicability_tab() -> None:
     with st.form("applicability"):
-        keep = st.slider("keep", 0.1, 1.0, 0.5, 0.05)
+        keep = st.slider("keep", 0.1, 1.0, 0.5, 0.05, key="applicability_keep")
         go_ = st.form_submit_button("Run (slow the first time: trains missing DejaVu routers; cached after)",
-                                    type="primary")
-    res = applicability.run(ui.store(), applicability.ApplicabilityParams(keep=keep),
+                                    type="primary", key="applicability_run")
+    res = applicability.run(ui_store.store(), applicability.ApplicabilityParams(keep=keep),
                             progress=_progress_bar()) if go_ else None
     if res is None:
         row = _latest(applicability.KIND)
@@ -156,7 +158,7 @@ def main() -> None:
     tabs = st.tabs(["Activation inertia", "Heavy-hitter ablation", "ReLU vs SwiGLU", "Applicability"])
     for tab, body in zip(tabs, (_inertia_tab, _ablation_tab, _relu_tab, _applicability_tab)):
         with tab:
-            ui.guard(body)
+            ui_errors.guard(body)
 
 
-ui.guard(main)
+ui_errors.guard(main)

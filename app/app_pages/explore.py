@@ -5,7 +5,12 @@ import numpy as np
 import streamlit as st
 
 import moyu_charts as charts
-import moyu_ui as ui
+import ui_errors
+import ui_jobs
+import ui_reads
+import ui_state
+import ui_store
+import ui_text
 from moyu_core import analysis, wordlists
 from moyu_core.errors import MoyuError
 
@@ -35,16 +40,17 @@ def capture_form() -> None:
     with st.container(horizontal=True, vertical_alignment="bottom"):
         st.number_input("Words", 2, 500, 30, key="rw_n", width=120)
         st.number_input("Seed", 0, 10**6, 0, key="rw_seed", width=120)
-        st.button("Random word list", on_click=_fill_random, icon=":material/shuffle:",
+        st.button("Random word list", on_click=_fill_random, icon=":material/shuffle:", key="random_words",
                   help="The paper's Figure 2 control: a seeded list of unrelated words")
     st.text_area("Prompt", key="prompt_text", height=110, max_chars=200_000)
     c1, c2, c3, c4 = st.columns([2, 2, 3, 1.2], vertical_alignment="bottom")
-    models = ui.available_models()
-    name = c1.selectbox("Model", models, index=models.index("smollm2-135m") if "smollm2-135m" in models else 0)
-    mode = c2.radio("Input manner", ["sequential", "parallel"], horizontal=True,
+    models = ui_store.available_models()
+    name = c1.selectbox("Model", models, index=ui_store.default_model_index(models), key="capture_model")
+    mode = c2.radio("Input manner", ["sequential", "parallel"], horizontal=True, key="capture_mode",
                     help="sequential: one sequence. parallel: each token alone after the prefix.")
-    prefix = c3.text_input("Prefix (optional)", help="Shared prefix; in parallel mode every token sees only it")
-    go = c4.button("Capture", type="primary", icon=":material/play_arrow:", width="stretch")
+    prefix = c3.text_input("Prefix (optional)", key="capture_prefix",
+                           help="Shared prefix; in parallel mode every token sees only it")
+    go = c4.button("Capture", type="primary", icon=":material/play_arrow:", width="stretch", key="capture")
     if go:
         capture(name, mode, prefix)
 
@@ -62,18 +68,18 @@ def capture(name: str, mode: str, prefix: str) -> None:
     except MoyuError as e:
         st.error(str(e), icon=":material/error:")
         return
-    lm = ui.model(name)
+    lm = ui_store.model(name)
     with st.status("Capturing…", expanded=True) as status:
         bar = st.progress(0.0, text="forward pass with hooks")
         try:
-            res = capture_run(lm, ui.store(), text, mode=mode, prefix=prefix,
+            res = capture_run(lm, ui_store.store(), text, mode=mode, prefix=prefix,
                               progress=lambda f: bar.progress(min(1.0, float(f)), text=f"{f:.0%} of tokens"))
         except MoyuError as e:
             status.update(label="Not captured", state="error", expanded=False)
             st.error(str(e), icon=":material/error:")
             return
         status.update(label="stored", state="complete")
-    ui.set_run(res.run_id)
+    ui_state.set_run(res.run_id)
     st.session_state["captured_msg"] = (f"{'Cache hit' if res.cached else 'Captured'}: {res.tokens} tokens × "
                                         f"{res.layers} layers × {res.neurons} neurons")
     st.rerun()
@@ -82,22 +88,22 @@ def capture(name: str, mode: str, prefix: str) -> None:
 def layer_view(rec) -> None:
     L, T, D = rec.n_layers, rec.n_tokens, rec.d_ff
     c1, c2, c3 = st.columns([3, 2.4, 1.6])
-    k_layer = ui.url_state("layer", min(L - 1, L // 2), int, lambda v: isinstance(v, int) and 0 <= v < L)
+    k_layer = ui_state.url_state("layer", min(L - 1, L // 2), int, lambda v: isinstance(v, int) and 0 <= v < L)
     c1.slider("Layer", 0, L - 1, key=k_layer)
-    li = ui.sync_url("layer")
-    k_norm = ui.url_state("norm", "token", str, lambda v: v in analysis.NORMALISATIONS)
+    li = ui_state.sync_url("layer")
+    k_norm = ui_state.url_state("norm", "token", str, lambda v: v in analysis.NORMALISATIONS)
     c2.radio("Values", analysis.NORMALISATIONS, key=k_norm, horizontal=True,
              format_func={"raw": "raw z", "abs": "|z|", "token": "per-token normalised"}.get,
              help="per-token normalised: |z| divided by the token's largest |z| (as in the paper)")
-    norm = ui.sync_url("norm")
-    k_order = ui.url_state("order", "frequency", str, lambda v: v in analysis.ORDERS)
+    norm = ui_state.sync_url("norm")
+    k_order = ui_state.url_state("order", "frequency", str, lambda v: v in analysis.ORDERS)
     c3.radio("Neuron order", analysis.ORDERS, key=k_order, horizontal=True,
              format_func={"index": "index", "frequency": "by activation count"}.get,
              help="by activation count: neurons in most tokens' top 10% first; inertia shows as bands")
-    order = ui.sync_url("order")
+    order = ui_state.sync_url("order")
 
-    z = ui.layer(rec.run_id, li)  # (T, d_ff)
-    pieces = [p for _, p in ui.tokens(rec.run_id)]
+    z = ui_reads.layer(rec.run_id, li)  # (T, d_ff)
+    pieces = [p for _, p in ui_reads.tokens(rec.run_id)]
     perm = analysis.neuron_order(z, order)
     vals = analysis.normalise(z, norm)[:, perm]  # (T, d_ff) in display order
     signed = norm == "raw"
@@ -106,14 +112,14 @@ def layer_view(rec) -> None:
     with right:
         inert = analysis.inertia(z)
         st.markdown(f"**Inertia, layer {li}**")
-        st.metric("Adjacent top-10% overlap", ui.pct(inert.adjacent_overlap),
+        st.metric("Adjacent top-10% overlap", ui_text.pct(inert.adjacent_overlap),
                   delta=None if inert.n_tokens < 2 else f"{inert.adjacent_overlap - inert.random_overlap:+.1%} vs random",
                   help="mean share of token t's top-10% neurons that were in token t-1's top 10%; "
                        "random sets would overlap by 10%")
-        st.metric("Overlap with history", ui.pct(inert.history_overlap),
+        st.metric("Overlap with history", ui_text.pct(inert.history_overlap),
                   help="mean share of token t's top-10% neurons already active for some earlier token")
-        st.metric("All-pairs overlap", ui.pct(inert.pairwise_overlap))
-        st.metric("Neurons ever in a top 10%", ui.pct(inert.union_share),
+        st.metric("All-pairs overlap", ui_text.pct(inert.pairwise_overlap))
+        st.metric("Neurons ever in a top 10%", ui_text.pct(inert.union_share),
                   help="share of the layer's neurons in at least one token's top 10%")
     with left:
         if T > WINDOW_TOKENS or D > 512:
@@ -125,20 +131,20 @@ def layer_view(rec) -> None:
         w0, w1, w2 = st.columns([2, 1, 2]) if T > WINDOW_TOKENS else (None, *st.columns([1, 2]))
         t0 = 0
         if T > WINDOW_TOKENS:
-            k_tok = ui.url_state("tok", 0, int, lambda v: isinstance(v, int) and 0 <= v <= T - WINDOW_TOKENS)
+            k_tok = ui_state.url_state("tok", 0, int, lambda v: isinstance(v, int) and 0 <= v <= T - WINDOW_TOKENS)
             w0.slider("Token window start", 0, T - WINDOW_TOKENS, step=1, key=k_tok)
-            t0 = ui.sync_url("tok")
-        k_w = ui.url_state("width", 256, int, lambda v: v in WIDTHS)
+            t0 = ui_state.sync_url("tok")
+        k_w = ui_state.url_state("width", 256, int, lambda v: v in WIDTHS)
         w1.select_slider("Neurons in the detailed view", WIDTHS, key=k_w)
-        width = min(ui.sync_url("width"), D)
+        width = min(ui_state.sync_url("width"), D)
         n0 = 0
         if D > width:
-            k_n0 = ui.url_state("nstart", 0, int, lambda v: isinstance(v, int) and 0 <= v <= D - width and v % 16 == 0)
+            k_n0 = ui_state.url_state("nstart", 0, int, lambda v: isinstance(v, int) and 0 <= v <= D - width and v % 16 == 0)
             w2.slider("Neuron window start (display order)", 0, D - width, step=16, key=k_n0)
-            n0 = ui.sync_url("nstart")
+            n0 = ui_state.sync_url("nstart")
         rows = slice(t0, min(T, t0 + WINDOW_TOKENS))
         window = vals[rows, n0:n0 + width]
-        labels = ui.token_labels(pieces)[rows]
+        labels = ui_text.token_labels(pieces)[rows]
         st.plotly_chart(charts.window_heatmap(
             window, labels, perm[n0:n0 + width],
             f"Layer {li}: tokens {rows.start}–{rows.stop - 1}, neurons {n0}–{n0 + width - 1} ({order} order)",
@@ -147,7 +153,7 @@ def layer_view(rec) -> None:
 
 def all_layers(rec) -> None:
     with st.expander("All layers", expanded=rec.n_tokens <= 256):
-        ov = ui.overview(rec.run_id, rec.n_layers)
+        ov = ui_reads.overview(rec.run_id, rec.n_layers)
         freq = ov["frequency"]  # (L, d_ff)
         ranked = -np.sort(-freq, axis=1)
         pooled, re, ce = analysis.pool2d(ranked, freq.shape[0], charts.MAX_CELLS // freq.shape[0])
@@ -166,14 +172,14 @@ def all_layers(rec) -> None:
 
 def share_box(rec) -> None:
     st.caption("Link to this view (same server)")
-    st.code(ui.share_link({"run": rec.run_id, **{k: v for k, v in st.query_params.items() if k != "run"}},
+    st.code(ui_state.share_link({"run": rec.run_id, **{k: v for k, v in st.query_params.items() if k != "run"}},
                           "explore"), language=None)
 
 
 def main() -> None:
     st.title("Explore")
-    rid = ui.current_run()
-    known = bool(rid) and ui.store().has_run(rid)
+    rid = ui_state.current_run()
+    known = bool(rid) and ui_store.store().has_run(rid)
     with st.expander("New capture", expanded=not known):
         capture_form()
     rid = st.session_state.get("run_id")
@@ -181,16 +187,16 @@ def main() -> None:
         st.info("Type a prompt and press **Capture**: every token's MLP activations (the input of "
                 "`down_proj`) are stored for every layer.", icon=":material/info:")
         return
-    rec = ui.run_record(rid)
+    rec = ui_reads.run_record(rid)
     if rec is None:
         return
     if "captured_msg" in st.session_state:
         st.toast(st.session_state.pop("captured_msg"), icon=":material/check_circle:")
-    ui.run_header(rec)
+    ui_text.run_header(rec)
     layer_view(rec)
     all_layers(rec)
     share_box(rec)
-    ui.prepare_methods(rec)
+    ui_jobs.prefetch_methods(rec)
 
 
-ui.guard(main)
+ui_errors.guard(main)

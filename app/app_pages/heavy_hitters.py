@@ -7,7 +7,11 @@ import numpy as np
 import streamlit as st
 
 import moyu_charts as charts
-import moyu_ui as ui
+import ui_errors
+import ui_jobs
+import ui_reads
+import ui_state
+import ui_text
 from moyu_core import analysis
 
 
@@ -39,36 +43,36 @@ def highlighted_text(pieces: list[str], score: np.ndarray, top: list[int]) -> st
 
 def main() -> None:
     st.title("Heavy hitters")
-    rid = ui.current_run()
+    rid = ui_state.current_run()
     if not rid:
-        ui.run_picker_hint()
+        ui_state.run_picker_hint()
         return
-    rec = ui.run_record(rid)
+    rec = ui_reads.run_record(rid)
     if rec is None:
         return
-    ui.run_header(rec)
-    attn, norm = ui.token_stats(rid)  # (L, H, T), (L, T)
-    pieces = [p for _, p in ui.tokens(rid)]
+    ui_text.run_header(rec)
+    attn, norm = ui_reads.token_stats(rid)  # (L, H, T), (L, T)
+    pieces = [p for _, p in ui_reads.tokens(rid)]
     L, H, T = attn.shape
     if rec.mode == "parallel":
         st.info("Parallel run: each token was alone after the prefix, so its score is the attention "
                 "it gives its own key, not attention from other tokens.", icon=":material/info:")
 
     c1, c2, c3, c4 = st.columns([3, 1.2, 1.5, 1.5], vertical_alignment="bottom")
-    k_layers = ui.url_state("layers", (0, L - 1), lambda s: tuple(int(v) for v in s.split("-")),
+    k_layers = ui_state.url_state("layers", (0, L - 1), lambda s: tuple(int(v) for v in s.split("-")),
                             lambda v: len(v) == 2 and 0 <= v[0] <= v[1] < L)
     c1.slider("Layers summed", 0, L - 1, key=k_layers)
-    lo, hi = ui.sync_url("layers", lambda v: f"{v[0]}-{v[1]}")
-    k_k = ui.url_state("k", 5, int, lambda v: 1 <= v <= 50)
+    lo, hi = ui_state.sync_url("layers", lambda v: f"{v[0]}-{v[1]}")
+    k_k = ui_state.url_state("k", 5, int, lambda v: 1 <= v <= 50)
     c2.number_input("Top k", 1, 50, key=k_k)
-    k = ui.sync_url("k")
-    k_pq = ui.url_state("per_query", False, lambda s: s == "True", lambda v: isinstance(v, bool))
+    k = ui_state.sync_url("k")
+    k_pq = ui_state.url_state("per_query", False, lambda s: s == "True", lambda v: isinstance(v, bool))
     c3.toggle("Per reader", key=k_pq, help="divide by the number of queries that can see the token "
                                               "(T - t under causal attention)")
-    per_query = ui.sync_url("per_query")
-    k_sf = ui.url_state("skip_first", False, lambda s: s == "True", lambda v: isinstance(v, bool))
+    per_query = ui_state.sync_url("per_query")
+    k_sf = ui_state.url_state("skip_first", False, lambda s: s == "True", lambda v: isinstance(v, bool))
     c4.toggle("Skip token 0", key=k_sf, help="leave out the first token (the attention sink)")
-    skip_first = ui.sync_url("skip_first")
+    skip_first = ui_state.sync_url("skip_first")
 
     score = analysis.accumulated_attention(attn, layers=range(lo, hi + 1), per_query=per_query)  # (T,)
     top = analysis.heavy_hitters(score, int(k), skip_first=skip_first)
@@ -86,7 +90,7 @@ def main() -> None:
     st.markdown("**Prompt, shaded by accumulated attention** (boxed: top heavy hitters)")
     st.markdown(highlighted_text(pieces, score, top), unsafe_allow_html=True)
 
-    labels = ui.token_labels(pieces)
+    labels = ui_text.token_labels(pieces)
     fig = charts.bars(score, labels, f"Accumulated attention received, layers {lo}–{hi} (log scale)",
                       highlight=top, y_title="score")
     fig.update_yaxes(type="log")
@@ -98,10 +102,10 @@ def main() -> None:
     left.plotly_chart(charts.matrix_heatmap(
         np.log1p(vals), xs, list(range(L)), "Attention received per layer (log(1+x), all heads)",
         "token", "layer", hover_value="log(1+score) %{z:.3f}"), width="stretch")
-    k_hl = ui.url_state("head_layer", min(L - 1, 2), int, lambda v: 0 <= v < L)
+    k_hl = ui_state.url_state("head_layer", min(L - 1, 2), int, lambda v: 0 <= v < L)
     with right:
         st.slider("Layer for the per-head view", 0, L - 1, key=k_hl)
-        hl = ui.sync_url("head_layer")
+        hl = ui_state.sync_url("head_layer")
         hv, hx = _fit_columns(attn[hl])
         st.plotly_chart(charts.matrix_heatmap(
             np.log1p(hv), hx, list(range(H)), f"Layer {hl}: attention received per head (log(1+x))",
@@ -118,7 +122,7 @@ def main() -> None:
         "layer", "share"), width="stretch")
     if massive:
         st.caption("Massive activations at tokens: " + ", ".join(f"{i} ({pieces[i]!r})" for i in massive[:20]))
-    ui.prepare_methods(rec)
+    ui_jobs.prefetch_methods(rec)
 
 
-ui.guard(main)
+ui_errors.guard(main)

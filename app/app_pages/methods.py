@@ -10,9 +10,14 @@ import numpy as np
 import streamlit as st
 
 import moyu_charts as charts
-import moyu_ui as ui
-from moyu_core import analysis
-from moyu_core.errors import MoyuError
+import ui_errors
+import ui_jobs
+import ui_reads
+import ui_state
+import ui_store
+import ui_text
+from moyu_core import analysis, decode, masks, methods, router
+from moyu_core.evaluate import evaluate
 
 WINDOW_TOKENS, WINDOW_NEURONS = 40, 256
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="moyu-agreement")
@@ -23,23 +28,14 @@ HIDDEN = {"dense", "oracle"}  # dense is the reference, oracle the comparator: b
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _keep_masks(model_name: str, run_id: str, name: str, params_json: str):
-    """The method's keep masks for the run's prompt, bit-packed: (L, T, d_ff / 8) uint8. Methods
-    that decide from z are drawn from the stored activations (the z the heatmap shows), the
-    others from the run's gate activations and MLP inputs (one forward shared by all methods and
-    parameters, started in the background when the page opened)."""
-    from moyu_core import methods
-
-    lm = ui._model(model_name)
+    """The method's keep masks for the run's prompt, bit-packed: (L, T, d_ff / 8) uint8.
+    `masks.run_masks` decides where they come from; what it reads is shared with the rest of the
+    app: the stored z the heatmap shows, and the run's method inputs from the background job."""
     method = methods.make(name, **json.loads(params_json))
-    rec = ui.store().run(run_id)
-    masks = None
-    from_stored = getattr(methods, "keep_masks_from", None)
-    if from_stored is not None and rec.mode == "sequential" and rec.method == "dense":
-        inputs = ui.method_inputs(model_name, run_id) if getattr(method, "needs", "z") != "z" else None
-        masks = from_stored(lm, method, lambda li: ui.layer(run_id, li), inputs and inputs.result())
-    if masks is None:
-        masks = methods.keep_masks(lm, method, [i for i, _ in ui.tokens(run_id)])
-    packed = np.packbits(np.asarray(masks, dtype=bool), axis=-1)
+    got = masks.run_masks(ui_store.model(model_name), ui_store.store(), run_id, method,
+                          inputs=lambda: ui_jobs.method_inputs(model_name, run_id).result(),
+                          layer_z=lambda li: ui_reads.layer(run_id, li))
+    packed = np.packbits(got, axis=-1)
     packed.setflags(write=False)
     return packed
 
@@ -52,14 +48,14 @@ def keep_mask(model_name: str, run_id: str, name: str, params_json: str, layer: 
 
 def oracle_for(run_id: str, layer: int, keep: np.ndarray, z: np.ndarray) -> np.ndarray:
     """The oracle keeping the same share as `keep` (bool (T, d_ff)) at this layer."""
-    return ui.oracle_mask(run_id, layer, max(np.count_nonzero(keep) / max(1, keep.size), 1e-6), z)
+    return ui_jobs.oracle_mask(run_id, layer, max(np.count_nonzero(keep) / max(1, keep.size), 1e-6), z)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _per_layer_agreement(model_name: str, run_id: str, name: str, params_json: str, n_layers: int, d_ff: int):
     """Agreement with the oracle at every layer, on two threads."""
     keeps = [keep_mask(model_name, run_id, name, params_json, li, d_ff) for li in range(n_layers)]
-    zs = [ui.layer(run_id, li) for li in range(n_layers)]
+    zs = [ui_reads.layer(run_id, li) for li in range(n_layers)]
     return list(_POOL.map(lambda li: analysis.mask_agreement(keeps[li], oracle_for(run_id, li, keeps[li], zs[li])),
                           range(n_layers)))
 
@@ -68,28 +64,20 @@ def kept_share(model_name: str, run_id: str, name: str, params_json: str) -> flo
     """Share of all (layer, token, neuron) entries the method keeps on this prompt."""
     packed = _keep_masks(model_name, run_id, name, params_json)
     L, T, _ = packed.shape
-    return int(np.bitwise_count(packed).sum()) / (L * T * ui.store().run(run_id).d_ff)
+    return int(np.bitwise_count(packed).sum()) / (L * T * ui_store.store().run(run_id).d_ff)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _mlp_share(model_name: str) -> float:
-    return analysis.mlp_weight_share(ui._model(model_name).model)
+    return analysis.mlp_weight_share(ui_store.model(model_name).model)
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
 
 def build(name: str, keep: float, overrides: dict):
-    """The method with `keep` (when it takes one) and the user's parameter edits."""
-    from moyu_core import methods
-
-    try:
-        base = methods.make(name, keep=keep)
-    except (MoyuError, TypeError):
-        base = methods.make(name)
-    if overrides:
-        params = {**dataclasses.asdict(base.params), **overrides}
-        return methods.make(name, **params)
-    return base
+    """The method with `keep` (when its parameters have one) and the user's parameter edits."""
+    takes_keep = any(f.name == "keep" for f in dataclasses.fields(methods.REGISTRY[name].Params))
+    return methods.make(name, **({"keep": keep} if takes_keep else {}), **overrides)
 
 
 def param_editor(name: str, method) -> dict:
@@ -120,7 +108,7 @@ def param_editor(name: str, method) -> dict:
 
 def find_eval(model_name: str, name: str, params: dict) -> dict | None:
     """The stored quality figures of this method and parameters, if any."""
-    for r in reversed(ui.store().results(kind="eval", model=model_name)):
+    for r in reversed(ui_store.store().results(kind="eval", model=model_name)):
         res = r["result"]
         if res.get("method") == name and res.get("params", {}) == params:
             return res
@@ -136,10 +124,8 @@ def quality_block(lm, method, params: dict) -> None:
         windows = c2.select_slider("Windows", [2, 4, 12], value=4, key=f"w_{key}",
                                    help="the protocol uses 12 windows of 256 + 64 tokens; fewer is quicker")
         if c1.button("Evaluate quality", key=f"b_{key}", icon=":material/analytics:"):
-            from moyu_core.evaluate import evaluate
-
             bar = st.progress(0.0, text="evaluating on pydoc_data.topics windows")
-            res = evaluate(lm, method, store=ui.store(), windows=int(windows),
+            res = evaluate(lm, method, store=ui_store.store(), windows=int(windows),
                            progress=lambda f, msg=None: bar.progress(min(1.0, float(f)), text=msg))
             bar.empty()
             st.session_state[key] = res
@@ -159,8 +145,6 @@ def generation_block(lm, rec, method, params: dict, keep: float) -> None:
     c1, c2 = st.columns([1, 3], vertical_alignment="center")
     n_new = c2.select_slider("New tokens", [16, 32, 64], value=32, key=f"n_{key}")
     if c1.button("Generate", key=f"b_{key}", icon=":material/play_arrow:"):
-        from moyu_core import decode, methods
-
         with st.spinner("Greedy decoding, dense then method…"):
             dense = decode.generate(lm, rec.text, methods.make("dense"), max_new_tokens=int(n_new), executed=True)
             got = decode.generate(lm, rec.text, method, max_new_tokens=int(n_new), executed=True)
@@ -188,8 +172,6 @@ def generation_block(lm, rec, method, params: dict, keep: float) -> None:
 
 def router_block(lm) -> bool:
     """True when the DejaVu router exists; else offer to train it (progress shown) and say why."""
-    from moyu_core import router
-
     if router.load_router(lm) is not None:
         return True
     st.info(f"DejaVu keeps what a small router predicts from the MLP input. {lm.name} has no trained "
@@ -197,7 +179,7 @@ def router_block(lm) -> bool:
             "predictor per layer (about 3 minutes for smollm2-135m on 2 cores).", icon=":material/model_training:")
     if st.button("Train router", key="train_router", icon=":material/model_training:"):
         bar = st.progress(0.0, text="training the DejaVu router")
-        rep = router.train(lm, ui.store(), progress=lambda f, msg="": bar.progress(min(1.0, float(f)), text=msg))
+        rep = router.train(lm, ui_store.store(), progress=lambda f, msg="": bar.progress(min(1.0, float(f)), text=msg))
         bar.empty()
         st.success(f"Router trained: recall of the true top-50% on held-out text {rep['recall']:.1%}.")
         return True
@@ -208,7 +190,7 @@ def mask_block(lm, rec, name: str, params: dict, li: int) -> None:
     pj = json.dumps(params, sort_keys=True)
     with st.spinner(f"{name}: which neurons it keeps for this prompt…"):
         keep = keep_mask(lm.name, rec.run_id, name, pj, li, rec.d_ff)  # (T, d_ff)
-    z = ui.layer(rec.run_id, li)
+    z = ui_reads.layer(rec.run_id, li)
     oracle = oracle_for(rec.run_id, li, keep, z)
     agree = analysis.mask_agreement(keep, oracle)
     cats = analysis.mask_categories(keep, oracle)
@@ -218,7 +200,7 @@ def mask_block(lm, rec, name: str, params: dict, li: int) -> None:
     if T > WINDOW_TOKENS:
         t0 = st.slider("Token window start", 0, T - WINDOW_TOKENS, 0, key=f"t0_{name}")
     rows = slice(t0, min(T, t0 + WINDOW_TOKENS))
-    labels = ui.token_labels([p for _, p in ui.tokens(rec.run_id)])[rows]
+    labels = ui_text.token_labels([p for _, p in ui_reads.tokens(rec.run_id)])[rows]
     left, right = st.columns([3, 1])
     left.plotly_chart(charts.mask_heatmap(
         cats[rows][:, perm[:WINDOW_NEURONS]], labels, perm[:WINDOW_NEURONS], analysis.MASK_LABELS,
@@ -235,69 +217,62 @@ def mask_block(lm, rec, name: str, params: dict, li: int) -> None:
                                      height=220), width="stretch", key=f"recall_{name}")
 
 
+def method_tab(lm, rec, name: str, keep: float, li: int) -> None:
+    """One chosen method: its parameters, what it keeps, its quality, its generation and timing."""
+    method = build(name, keep, {})
+    shown = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(method.params).items())
+    with st.expander(f"{name} parameters: {shown}"):
+        st.caption(" · ".join(f"{k}: {v}" for k, v in method.describe().items()))
+        edits = param_editor(name, method)
+    method = build(name, keep, edits) if edits else method
+    params = dataclasses.asdict(method.params)
+    if "router" in method.requires() and not router_block(lm):
+        return
+    st.subheader("What it keeps")
+    mask_block(lm, rec, name, params, li)
+    st.subheader("Quality")
+    quality_block(lm, method, params)
+    st.subheader("Generation and timing")
+    if isinstance(params.get("keep"), (int, float)):
+        effective = float(params["keep"])
+    else:  # a threshold method: its ceiling is at the share it actually kept here
+        effective = kept_share(lm.name, rec.run_id, name, json.dumps(params, sort_keys=True))
+    generation_block(lm, rec, method, params, effective)
+
+
 def main() -> None:
     st.title("Methods")
-    registry = ui.methods_registry()
-    if not registry:
-        st.warning("No DA methods are available yet (moyu_core.methods is not installed or is being "
-                   "written). This page lists whatever the registry offers.", icon=":material/hourglass_top:")
-        return
-    rid = ui.current_run()
+    rid = ui_state.current_run()
     if not rid:
-        ui.run_picker_hint()
+        ui_state.run_picker_hint()
         return
-    rec = ui.run_record(rid)
+    rec = ui_reads.run_record(rid)
     if rec is None:
         return
-    ui.run_header(rec)
-    ui.prepare_methods(rec)  # here at once: this page reads it
-    names = [n for n in registry if n not in HIDDEN]
+    ui_text.run_header(rec)
+    ui_jobs.prefetch_methods(rec)  # here at once: this page reads it
+    names = [n for n in methods.REGISTRY if n not in HIDDEN]
     c1, c2, c3 = st.columns([3, 2, 2])
-    k_m = ui.url_state("method", names[:1], lambda s: [n for n in s.split(",") if n],
-                       lambda v: isinstance(v, list) and all(n in names for n in v))
-    c1.multiselect("Methods", names, key=k_m, help=f"available now: {', '.join(sorted(registry))}")
-    chosen = ui.sync_url("method", ",".join)
-    k_keep = ui.url_state("keep", 0.5, float, lambda v: 0.01 <= v <= 1.0)
+    k_m = ui_state.url_state("method", names[:1], lambda s: [n for n in s.split(",") if n],
+                             lambda v: isinstance(v, list) and all(n in names for n in v))
+    c1.multiselect("Methods", names, key=k_m, help=f"registered: {', '.join(sorted(methods.REGISTRY))}")
+    chosen = ui_state.sync_url("method", ",".join)
+    k_keep = ui_state.url_state("keep", 0.5, float, lambda v: 0.01 <= v <= 1.0)
     c2.slider("keep (fraction of neurons)", 0.05, 1.0, step=0.05, key=k_keep)
-    keep = ui.sync_url("keep")
-    k_layer = ui.url_state("layer", min(rec.n_layers - 1, rec.n_layers // 2), int,
-                           lambda v: isinstance(v, int) and 0 <= v < rec.n_layers)
+    keep = ui_state.sync_url("keep")
+    k_layer = ui_state.url_state("layer", min(rec.n_layers - 1, rec.n_layers // 2), int,
+                                 lambda v: isinstance(v, int) and 0 <= v < rec.n_layers)
     c3.slider("Layer", 0, rec.n_layers - 1, key=k_layer)
-    li = ui.sync_url("layer")
+    li = ui_state.sync_url("layer")
     if not chosen:
         st.info("Pick one or more methods.", icon=":material/info:")
         return
-    lm = ui.model(rec.model)
+    lm = ui_store.model(rec.model)
     if rec.mode == "parallel":
         st.caption("Masks are computed on the prompt as one sequence (methods see the sequence).")
     for tab, name in zip(st.tabs(chosen), chosen):
         with tab:
-            try:
-                method = build(name, keep, {})
-                shown = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(method.params).items())
-                with st.expander(f"{name} parameters: {shown}"):
-                    if hasattr(method, "describe"):
-                        st.caption(" · ".join(f"{k}: {v}" for k, v in method.describe().items()))
-                    edits = param_editor(name, method)
-                method = build(name, keep, edits) if edits else method
-                params = dataclasses.asdict(method.params)
-                if name == "dejavu" and params.get("keep", 1.0) < 1.0 and not router_block(lm):
-                    continue
-                st.subheader("What it keeps")
-                mask_block(lm, rec, name, params, li)
-                st.subheader("Quality")
-                quality_block(lm, method, params)
-                st.subheader("Generation and timing")
-                if isinstance(params.get("keep"), (int, float)):
-                    effective = float(params["keep"])
-                else:  # a threshold method: its ceiling is at the share it actually kept here
-                    effective = kept_share(lm.name, rec.run_id, name, json.dumps(params, sort_keys=True))
-                generation_block(lm, rec, method, params, effective)
-            except MoyuError as e:
-                st.error(f"{name}: {e}", icon=":material/error:")
-            except (ImportError, AttributeError, NotImplementedError) as e:
-                ui.log.exception("method %s", name)
-                st.warning(f"{name}: not available yet ({type(e).__name__}).", icon=":material/hourglass_top:")
+            ui_errors.guard(lambda: method_tab(lm, rec, name, keep, li))
 
 
-ui.guard(main)
+ui_errors.guard(main)

@@ -1,15 +1,14 @@
 """Runs: the cached runs of this server's database; filter, open, delete, share."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
-import moyu_ui as ui
-
-SHARE_UI = Path(__file__).resolve().parent.parent / "share_ui.py"
+import share_ui
+import ui_errors
+import ui_reads
+import ui_state
+import ui_store
 
 
 def _label(r: dict) -> str:
@@ -19,21 +18,21 @@ def _label(r: dict) -> str:
 
 def main() -> None:
     st.title("Runs")
-    store = ui.store()
-    st.caption(f"Database: `{ui.db_path()}`")
+    store = ui_store.store()
+    st.caption(f"Database: `{ui_store.db_path()}`")
     everything = store.list_runs(limit=5000)
     c1, c2, c3 = st.columns([1.2, 1.2, 3])
     models = ["all"] + sorted({r["model"] for r in everything})
     methods = ["all"] + sorted({r["method"] for r in everything})
-    k_model = ui.url_state("rmodel", "all", str, lambda v: v in models)
+    k_model = ui_state.url_state("rmodel", "all", str, lambda v: v in models)
     model = c1.selectbox("Model", models, key=k_model)
-    ui.sync_url("rmodel")
-    k_method = ui.url_state("rmethod", "all", str, lambda v: v in methods)
+    ui_state.sync_url("rmodel")
+    k_method = ui_state.url_state("rmethod", "all", str, lambda v: v in methods)
     method = c2.selectbox("Method", methods, key=k_method)
-    ui.sync_url("rmethod")
-    k_text = ui.url_state("rtext", "", str, lambda v: isinstance(v, str) and len(v) <= 200)
+    ui_state.sync_url("rmethod")
+    k_text = ui_state.url_state("rtext", "", str, lambda v: isinstance(v, str) and len(v) <= 200)
     text = c3.text_input("Text contains", placeholder="filter by a word of the prompt", key=k_text)
-    ui.sync_url("rtext")
+    ui_state.sync_url("rtext")
     runs = store.list_runs(model=None if model == "all" else model, method=None if method == "all" else method,
                            text=text or None, limit=1000)
     if not runs:
@@ -52,30 +51,25 @@ def main() -> None:
                               default=[current] if current in by_id else [], key="runs_selected")
     if selected:
         b1, b2, _ = st.columns([1, 1, 3])
-        if b1.button("Open in Explore", type="primary", icon=":material/open_in_new:"):
-            ui.set_run(selected[0])
+        if b1.button("Open in Explore", type="primary", icon=":material/open_in_new:", key="runs_open"):
+            ui_state.set_run(selected[0])
             st.switch_page("app_pages/explore.py", query_params={"run": selected[0]})
         confirm = b2.checkbox(f"Confirm delete of {len(selected)} run(s)", key="runs_confirm")
-        if b2.button("Delete", icon=":material/delete:", disabled=not confirm):
+        if b2.button("Delete", icon=":material/delete:", disabled=not confirm, key="runs_delete"):
             for rid in selected:
                 store.delete_run(rid)
                 if st.session_state.get("run_id") == rid:
                     st.session_state.pop("run_id", None)
-            ui.clear_run_caches()
+            ui_reads.clear_run_caches()
             st.session_state.pop("runs_selected", None)
             st.toast(f"Deleted {len(selected)} run(s)")
             st.rerun()
         st.markdown("**Share link** (a teammate on this server sees the same run)")
         for rid in selected:
-            st.code(ui.share_link({"run": rid}, "explore"), language=None)
+            st.code(ui_state.share_link({"run": rid}, "explore"), language=None)
 
-    if SHARE_UI.exists():
-        st.divider()
-        spec = importlib.util.find_spec("share_ui")
-        if spec is not None:
-            import share_ui
-
-            share_ui.render_share(store, selected)
+    st.divider()
+    share_ui.render_share(store, selected)
 
 
-ui.guard(main)
+ui_errors.guard(main)

@@ -10,7 +10,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> dict:
-    from ..bundle import export_runs
+    from ..share.export import export_runs
     from ..store import Store
 
     store = Store(args.db)

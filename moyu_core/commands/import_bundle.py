@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> dict:
-    from ..bundle import import_bundle
+    from ..share.importer import import_bundle
     from ..store import Store
 
     store = Store(args.db)

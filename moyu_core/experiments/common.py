@@ -9,30 +9,20 @@ from typing import Callable
 
 import numpy as np
 
-from ..analysis import top_k_count, top_mask
-
-try:  # the methods helper's definition, when present
-    from ..methods.griffin import flocking_score as _griffin_flocking_score  # type: ignore
-except Exception:  # pragma: no cover - depends on the methods package being there
-    _griffin_flocking_score = None
-
-FLOCKING_SOURCE = "moyu_core.methods.griffin" if _griffin_flocking_score else "moyu_core.experiments.common"
+from ..analysis import top_mask
+from ..corpora import pydoc_prose
+from ..keep import keep_count
+from ..methods.griffin import flocking_score as flocking
 
 
 def flocking_score(z: np.ndarray) -> np.ndarray:
-    """Griffin's s_j = || Z[:, j] / ||Z[t, :]|| || over tokens: rows L2-normalised, then the L2
-    norm of each column. z (T, d_ff) -> (d_ff,). Uses methods.griffin's when it exists."""
-    if _griffin_flocking_score is not None:
-        s = _griffin_flocking_score(z)
-        return np.asarray(s.detach().cpu().numpy() if hasattr(s, "detach") else s, dtype=np.float64)
-    z = np.asarray(z, dtype=np.float64)
-    rows = np.linalg.norm(z, axis=1, keepdims=True)
-    return np.linalg.norm(z / np.where(rows > 0, rows, 1.0), axis=0)
+    """Griffin's flocking score (`methods.griffin.flocking_score`) as float64 numpy (d_ff,)."""
+    return flocking(z).double().numpy()
 
 
 def top_set(score: np.ndarray, keep: float) -> np.ndarray:
     """Bool (d_ff,) mask of the top keep*d_ff entries of `score`."""
-    k = top_k_count(len(score), keep)
+    k = keep_count(len(score), keep)
     m = np.zeros(len(score), dtype=bool)
     m[np.argsort(-score, kind="stable")[:k]] = True
     return m
@@ -49,7 +39,7 @@ def overlap_figures(z: np.ndarray, fraction: float = 0.1) -> dict:
     the flocking score held by its top-`fraction` neurons."""
     mask = top_mask(z, fraction)                      # (T, d_ff)
     m = mask.astype(np.float32)
-    k = top_k_count(z.shape[1], fraction)
+    k = keep_count(z.shape[1], fraction)
     inter = m @ m.T                                   # (T, T) intersection sizes
     iu = np.triu_indices(len(m), 1)
     pair = inter[iu]
@@ -60,15 +50,10 @@ def overlap_figures(z: np.ndarray, fraction: float = 0.1) -> dict:
     return {"jaccard": jac, "consecutive": cons, "flocking_share": share}
 
 
-def _corpus() -> str:
-    from ..corpora import pydoc_topics
-    return re.sub(r"\s+", " ", pydoc_topics())
-
-
 def sentence_texts(n: int, chars: int = 400, seed: int = 0) -> list[str]:
     """`n` prose passages from pydoc_data.topics, each starting at a sentence boundary, at seeded
     offsets spread over the corpus; passages that are mostly code or symbols are skipped."""
-    text = _corpus()
+    text = pydoc_prose()
     starts = [m.end() for m in re.finditer(r"\. (?=[A-Z][a-z]+ [a-z]+ [a-z]+)", text)]
     rng = random.Random(seed)
     out: list[str] = []
@@ -85,7 +70,7 @@ def sentence_texts(n: int, chars: int = 400, seed: int = 0) -> list[str]:
 def random_texts(n: int, n_words: int = 80, seed: int = 0) -> list[str]:
     """`n` seeded random word lists drawn from the vocabulary of the same corpus (lower-case
     alphabetic words), so the only difference from the sentences is order and meaning."""
-    vocab = sorted(set(re.findall(r"\b[a-z]{3,12}\b", _corpus())))
+    vocab = sorted(set(re.findall(r"\b[a-z]{3,12}\b", pydoc_prose())))
     return [" ".join(random.Random(seed * 1000 + i).choices(vocab, k=n_words)) for i in range(n)]
 
 

@@ -82,7 +82,6 @@ def measure(lm, p: InertiaParams, progress: Callable[[float], None] | None = Non
     result["heatmaps"] = {"layer": mid, "text_index": 0, **heat}
     result["texts"] = {k: [t[:160] for t in v] for k, v in texts.items()}
     result["random_overlap"] = p.fraction / (2 - p.fraction)  # Jaccard of two random top-10% sets
-    result["flocking_source"] = common.FLOCKING_SOURCE
     return result
 
 

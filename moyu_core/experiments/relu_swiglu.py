@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from .. import hooks, models
+from ..corpora import pydoc_ids
 from ..errors import MoyuError
+from ..keep import keep_count
 from . import common, stats
 
 KIND = "experiment:relu_swiglu"
@@ -57,20 +59,6 @@ class CompareParams:
     router_steps: int = 300
     models: tuple[str, ...] = ("tiny-relu", "tiny-swiglu", "smollm2-135m", "gemma3-270m")
     seed: int = 0
-
-
-_CORPUS_IDS: dict[tuple, list[int]] = {}
-
-
-def _corpus_ids(tokenizer) -> list[int]:
-    """pydoc_data.topics tokenized with no special tokens (memoised per tokenizer)."""
-    from pydoc_data.topics import topics
-
-    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer))
-    if key not in _CORPUS_IDS:
-        text = "\n\n".join(topics[k] for k in sorted(topics))
-        _CORPUS_IDS[key] = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return _CORPUS_IDS[key]
 
 
 def _split(ids: list[int]) -> tuple[list[int], list[int]]:
@@ -158,7 +146,7 @@ def train_pair(p: TrainParams = TrainParams(), progress=None, force: bool = Fals
         else:
             if data is None:
                 tok = models.load("smollm2-135m").tokenizer
-                train_ids, held = _split(_corpus_ids(tok))
+                train_ids, held = _split(pydoc_ids(tok))
                 data = (tok, np.asarray(train_ids, dtype=np.int64), np.asarray(held, dtype=np.int64))
             infos[n] = _train_one(n, act, p, data[0], data[1], data[2], p.steps if steps is None else steps, progress,
                                   capped=steps is None)
@@ -169,7 +157,7 @@ def train_pair(p: TrainParams = TrainParams(), progress=None, force: bool = Fals
 # ---- comparison -------------------------------------------------------------------------------
 
 def _windows(lm, n_tokens: int, start_frac: float, win: int = 256) -> list[list[int]]:
-    ids = _corpus_ids(lm.tokenizer)
+    ids = pydoc_ids(lm.tokenizer)
     train, held = _split(ids)
     src = train if start_frac < 0.9 else held
     out, pos = [], int(len(src) * (start_frac if start_frac < 0.9 else 0.0))
@@ -207,7 +195,7 @@ def router_recall(x_tr, z_tr, x_te, z_te, keep: float, rank: int, steps: int, se
     tokens (k = keep * d_ff). x (N, d), z (N, d_ff)."""
     torch.manual_seed(seed)
     d, dff = x_tr.shape[1], z_tr.shape[1]
-    k = max(1, int(round(keep * dff)))
+    k = keep_count(dff, keep)
 
     def labels(z):
         t = torch.from_numpy(np.abs(z))

@@ -1,13 +1,11 @@
-"""DA methods behind one registry: name -> class; `make(name, **params)`; `keep_masks`."""
+"""DA methods behind one registry: name -> class. A new method is one file in this package and
+one line in `_BUILT_IN` (or `register(cls)` from anywhere, e.g. a user's own module)."""
 from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-import torch
-
 from ..errors import MoyuError
-from .base import Method, keep_count
+from .base import Method
 from .cats import Cats
 from .cett import Cett
 from .dejavu import Dejavu
@@ -18,7 +16,19 @@ from .oracle import Oracle
 from .static import Static
 from .tda import Tda
 
-REGISTRY: dict[str, type] = {c.name: c for c in (Dense, Oracle, Tda, Cats, Cett, Dejavu, Griffin, Moe, Static)}
+_BUILT_IN = (Dense, Oracle, Tda, Cats, Cett, Dejavu, Griffin, Moe, Static)
+REGISTRY: dict[str, type[Method]] = {c.name: c for c in _BUILT_IN}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Add a method class under its `name` (usable as a decorator); a name already taken by
+    another class is refused."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)) or not dataclasses.is_dataclass(cls.Params):
+        raise MoyuError("a method is a subclass of methods.base.Method with a dataclass Params")
+    if REGISTRY.get(cls.name, cls) is not cls:
+        raise MoyuError(f"a method named {cls.name!r} is already registered")
+    REGISTRY[cls.name] = cls
+    return cls
 
 
 def make(name: str, **params) -> Method:
@@ -37,82 +47,4 @@ def make(name: str, **params) -> Method:
     return cls(p)
 
 
-def _selecting_forward(lm, method: Method, ids: list[int], forward, apply: bool):
-    """forward(ids tensor) with the method deciding at every layer; apply: its masks multiply
-    z (else the forward stays dense). Returns the forward's output and masks bool (L, T, d_ff)."""
-    from ..hooks import method_intervention
-    masks: list[np.ndarray | None] = [None] * lm.n_layers
-
-    def on_z(i, z, gate, x):
-        m = method.select(i, z[0].detach(), gate, lm, x)     # (T, d_ff)
-        masks[i] = m.numpy()
-        return z * m.to(z.dtype)[None] if apply else None
-
-    method.prepare(lm)
-    with method_intervention(lm, on_z):
-        out = forward(torch.tensor([ids]))
-    return out, np.stack(masks)
-
-
-@torch.inference_mode()
-def masked_logits(lm, method: Method, ids: list[int]) -> tuple[torch.Tensor, np.ndarray]:
-    """One forward of ids with method's masks applied to z at every layer.
-    Returns logits (T, vocab) and masks bool (L, T, d_ff)."""
-    out, masks = _selecting_forward(lm, method, ids, lambda x: lm.model(x, use_cache=False), apply=True)
-    return out.logits[0].float(), masks
-
-
-@torch.inference_mode()
-def keep_masks(lm, method: Method, ids: list[int]) -> np.ndarray:
-    """bool (L, T, d_ff): neurons the method keeps for each token of the prompt, decided on the
-    dense forward (griffin's prompt runs dense; drawn against the oracle on the same z). The
-    forward needs no logits and no attention weights: the decoder body with SDPA attention."""
-    from ..models import fused_attention
-
-    with fused_attention(lm):
-        return _selecting_forward(lm, method, ids, lambda x: lm.body(x, use_cache=False), apply=False)[1]
-
-
-@torch.inference_mode()
-def method_inputs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the methods that do not decide from z read, for every layer and token of a prompt,
-    from one dense forward (decoder body, SDPA): gate = act(gate_proj(x)) (L, T, d_ff) and the
-    MLP input x (L, T, d), float32. With the stored z it lets `keep_masks_from` draw any method's
-    masks, at any parameters, without another forward."""
-    from ..hooks import method_intervention
-    from ..models import fused_attention
-    gate = torch.empty(lm.n_layers, len(ids), lm.d_ff)
-    x = torch.empty(lm.n_layers, len(ids), lm.layers[0].mlp.gate_proj.in_features)
-
-    def grab(i, z, g, xi):
-        gate[i], x[i] = g, xi
-
-    with fused_attention(lm), method_intervention(lm, grab):
-        lm.body(torch.tensor([ids]), use_cache=False)
-    return gate, x
-
-
-def keep_masks_from(lm, method: Method, layer_z=None, inputs=None) -> np.ndarray | None:
-    """bool (L, T, d_ff) with no forward: from already-captured dense z (`layer_z(layer)` ->
-    (T, d_ff), e.g. the store's) for methods that decide from z, from `method_inputs(...)` =
-    (gate, x) for those that read the gate activation or the MLP input; None when what the
-    method needs was not given."""
-    needs = getattr(method, "needs", None)
-    if needs == "z" and layer_z is not None:
-        def args(i):
-            return torch.as_tensor(np.array(layer_z(i), dtype=np.float32)), None, None
-    elif needs in ("gate", "x") and inputs is not None:
-        def args(i):
-            return None, inputs[0][i], inputs[1][i]
-    else:
-        return None
-    method.prepare(lm)
-    with torch.inference_mode():
-        masks = []
-        for i in range(lm.n_layers):
-            z, gate, x = args(i)
-            masks.append(method.select(i, z, gate, lm, x).numpy())
-        return np.stack(masks)
-
-
-__all__ = ["REGISTRY", "make", "keep_masks", "keep_masks_from", "method_inputs", "masked_logits", "Method", "keep_count"]
+__all__ = ["REGISTRY", "Method", "make", "register"]

@@ -7,7 +7,8 @@ import torch
 
 from ..errors import MoyuError
 from .base import Method
-from .calibration import down_norms, thresholds
+
+SEARCH_TOKENS, SEARCH_STEPS = 384, 24
 
 
 @dataclass(frozen=True)
@@ -22,31 +23,57 @@ class CettParams:
             raise MoyuError(f"keep must be in (0, 1], got {self.keep}")
 
 
+def tail_share(z: torch.Tensor, w_down: torch.Tensor, c: torch.Tensor, t: float) -> float:
+    """Mean over tokens of ||sum_{c_i < t} z_i W_down[:, i]|| / ||sum_i z_i W_down[:, i]||."""
+    full = z @ w_down.T
+    tail = (z * (c < t)) @ w_down.T
+    return float((tail.norm(dim=-1) / full.norm(dim=-1).clamp_min(1e-12)).mean())
+
+
 class Cett(Method):
     """CETT (Zhang et al. 2024, "ReLU^2 wins"): mask neuron i when its contribution
     c_i = |z_i| * ||W_down[:, i]|| is below t_l. Choices: t_l per layer is found once per model
     by binary search on standard-library docstrings (disjoint from the evaluation text; token 0
-    excluded; 384 tokens per layer) so that the mean over tokens of
-    ||sum_{c_i < t_l} z_i W_down[:, i]|| / ||MLP output|| equals `cett`. With `keep` set, t_l is
-    instead the calibrated (1-keep) quantile of c, so cett joins keep sweeps. cett 0 or keep 1
-    keeps everything. Only down_proj can skip weights (z needs gate and up)."""
+    excluded; the first 384 tokens per layer, 24 halvings) so that the mean tail share
+    (`tail_share`) equals `cett`. With `keep` set, t_l is instead the calibrated (1-keep)
+    quantile of c, so cett joins keep sweeps. cett 0 or keep 1 keeps everything. Only down_proj
+    can skip weights (z needs gate and up)."""
 
     name = "cett"
     Params = CettParams
 
-    def layer_threshold(self, layer: int, lm) -> float:
+    def _keeps_all(self) -> bool:
         p = self.params
-        if p.keep is not None:
-            return 0.0 if p.keep >= 1.0 else thresholds(lm, "cett-keep", p.keep)[layer]
-        return 0.0 if p.cett <= 0 else thresholds(lm, "cett", p.cett)[layer]
+        return p.keep >= 1.0 if p.keep is not None else p.cett <= 0
 
-    def prepare(self, lm) -> None:
-        self.layer_threshold(0, lm)
-        for i in range(lm.n_layers):
-            down_norms(lm, i)
+    def requires(self):
+        return ("derived",) if self._keeps_all() else ("thresholds", "derived")
+
+    def derive(self, lm):
+        """||W_down[:, i]|| of every neuron, per layer."""
+        return [lm.mlp_weights(i).down.norm(dim=0) for i in range(lm.n_layers)]
+
+    def calibration_score(self, layer, sample, lm):
+        return sample.z.abs() * lm.mlp_weights(layer).down.norm(dim=0)
+
+    def calibrate(self, layer, sample, lm):
+        if self.params.keep is not None:
+            return super().calibrate(layer, sample, lm)
+        w_down = lm.mlp_weights(layer).down
+        z = sample.z[:SEARCH_TOKENS]
+        c = z.abs() * w_down.norm(dim=0)
+        lo, hi = 0.0, float(c.max())
+        for _ in range(SEARCH_STEPS):
+            mid = (lo + hi) / 2
+            if tail_share(z, w_down, c, mid) < self.params.cett:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def select(self, layer, z, gate, lm, x=None):
-        t = self.layer_threshold(layer, lm)
-        if t <= 0:
+        if self._keeps_all():
             return torch.ones_like(z, dtype=torch.bool)
-        return z.abs().float() * down_norms(lm, layer) >= t
+        t = self.resource(lm, "thresholds")[layer]
+        return z.abs().float() * self.resource(lm, "derived")[layer] >= t
+

@@ -11,37 +11,22 @@ class Dejavu(Method):
     """DejaVu (Liu et al. 2023, "Deja Vu: Contextual Sparsity for Efficient LLMs at Inference
     Time"): per layer a predictor Linear(d, r) -> Linear(r, d_ff), no bias, reads the MLP input x
     and keeps the top-k (k = keep * d_ff) of its logits for each token. Choices: the router is
-    trained by `moyu_core.router.train` on activation history in the store (labels: |z| in the
-    token's top 50%, weighted BCE with pos_weight 2 favouring recall; r = max(64, d_ff // 4))
-    and read from one safetensors file per model; it sees x of the same layer (the paper looks
-    one layer ahead to overlap prediction with compute, which only matters for executed timings);
-    top-k rather than a threshold so that keep is the exact kept fraction, as for the other
-    methods; keep 1.0 keeps everything without needing a router."""
+    trained by `moyu_core.router.train` on activation history in the store and bound by
+    `prepare` (any object with `logits(layer, x (T, d)) -> (T, d_ff)`); it sees x of the same
+    layer (the paper looks one layer ahead to overlap prediction with compute, which only
+    matters for executed timings); top-k rather than a threshold so that keep is the exact kept
+    fraction, as for the other methods; keep 1.0 keeps everything without needing a router."""
 
     name = "dejavu"
     Params = KeepParams
     needs = "x"
 
-    def prepare(self, lm) -> None:
-        """Look the router up once (a file stat) before a forward or decode, not per layer and token."""
-        self._ready = None
-        if self.params.keep < 1.0:
-            self._ready = (lm.fingerprint, self.router(lm))
-
-    def router(self, lm):
-        ready = getattr(self, "_ready", None)
-        if ready is not None and ready[0] == lm.fingerprint:
-            return ready[1]
-        from ..router import load_router
-        router = load_router(lm)
-        if router is None:
-            raise MoyuError(f"dejavu: no trained router for {lm.name}; run `python -m moyu_core "
-                            f"train-router --model {lm.name}` (or the app's Train router button)")
-        return router
+    def requires(self):
+        return ("router",) if self.params.keep < 1.0 else ()
 
     def select(self, layer, z, gate, lm, x=None):
         if x is None:
             raise MoyuError("dejavu needs the MLP input x; this caller passed none")
         if self.params.keep >= 1.0:
             return torch.ones(x.shape[0], lm.d_ff, dtype=torch.bool)
-        return topk_mask(self.router(lm).logits(layer, x), self.params.keep)
+        return topk_mask(self.resource(lm, "router").logits(layer, x), self.params.keep)

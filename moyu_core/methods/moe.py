@@ -1,14 +1,12 @@
 """moe: training-free MoEfication (Zhang et al. 2022): neurons clustered into experts."""
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..errors import MoyuError
+from ..keep import keep_count
 from .base import Method
 
 
@@ -51,55 +49,49 @@ def balanced_kmeans(rows: torch.Tensor, experts: int, iters: int = 8) -> torch.T
 
 class Moe(Method):
     """MoEfication (Zhang et al. 2022), training-free: neurons of each layer clustered into E
-    experts by balanced k-means on L2-normalised gate_proj rows; the router scores an expert by
-    the sum of |act(gate_proj(x))| over its neurons (exact gate instead of a learned router);
-    keep the top keep*E experts per token. Clusters cached per (layer, E)."""
+    experts by balanced k-means on L2-normalised gate_proj rows (up_proj rows where the MLP has
+    no gate); the router scores an expert by the sum of |act(gate_proj(x))| over its neurons
+    (exact gate instead of a learned router); keep the top keep*E experts per token."""
 
     name = "moe"
     Params = MoeParams
     needs = "gate"
-    _cache: dict = {}
+    derived_cache = "moe"
 
-    def experts_of(self, layer, lm) -> torch.Tensor:
-        key = (getattr(lm, "fingerprint", id(lm)), layer, self.params.experts)
-        if key not in Moe._cache:
-            w = lm.layers[layer].mlp.gate_proj.weight.detach().float()
-            if w.shape[0] % self.params.experts:
-                raise MoyuError(f"d_ff {w.shape[0]} is not divisible by experts={self.params.experts}")
-            Moe._cache[key] = balanced_kmeans(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12), self.params.experts)
-        return Moe._cache[key]
+    def requires(self):
+        return ("derived",) if self.params.keep < 1.0 else ()
 
-    def prepare(self, lm) -> None:
-        """Clusters of every layer, read from `cache/moe/` when this model's are there
-        (clustering takes a second or two), else computed and saved there."""
-        if self.params.keep >= 1.0:
-            return
-        E, fp = self.params.experts, getattr(lm, "fingerprint", None)
-        if fp is not None and not all((fp, i, E) in Moe._cache for i in range(lm.n_layers)):
-            from ..models import CACHE_DIR
-            path = Path(CACHE_DIR) / "moe" / f"{lm.name}-{str(fp)[:12]}-E{E}.json"
-            try:
-                saved = [torch.tensor(a, dtype=torch.long) for a in json.loads(path.read_text())]
-                if len(saved) != lm.n_layers or any(a.shape != (lm.d_ff,) or not bool(((a >= 0) & (a < E)).all())
-                                                    for a in saved):
-                    raise ValueError("not this model's clusters")
-                Moe._cache.update({(fp, i, E): a for i, a in enumerate(saved)})
-            except (OSError, ValueError, TypeError):
-                clusters = [self.experts_of(i, lm).tolist() for i in range(lm.n_layers)]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(clusters))
-                tmp.replace(path)
+    def derive_key(self) -> str:
+        return f"E{self.params.experts}"
+
+    def derive(self, lm) -> list[torch.Tensor]:
+        """Expert id of every neuron (d_ff,), per layer."""
+        out = []
         for i in range(lm.n_layers):
-            self.experts_of(i, lm)
+            w = lm.mlp_weights(i)
+            rows = w.gate if w.gate is not None else w.up
+            if rows.shape[0] % self.params.experts:
+                raise MoyuError(f"d_ff {rows.shape[0]} is not divisible by experts={self.params.experts}")
+            out.append(balanced_kmeans(rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12), self.params.experts))
+        return out
+
+    def dump_derived(self, data):
+        return [a.tolist() for a in data]
+
+    def load_derived(self, lm, saved):
+        E = self.params.experts
+        data = [torch.tensor(a, dtype=torch.long) for a in saved]
+        if len(data) != lm.n_layers or any(a.shape != (lm.d_ff,) or not bool(((a >= 0) & (a < E)).all())
+                                           for a in data):
+            raise ValueError("not this model's clusters")
+        return data
 
     def select(self, layer, z, gate, lm, x=None):
         if self.params.keep >= 1.0:
             return torch.ones_like(gate, dtype=torch.bool)
-        a = self.experts_of(layer, lm)                               # (d_ff,)
+        a = self.resource(lm, "derived")[layer]                      # (d_ff,)
         E = self.params.experts
         score = torch.zeros(gate.shape[0], E).index_add_(1, a, gate.abs().float())  # (T, E)
-        k = max(1, int(round(self.params.keep * E)))
-        top = score.topk(k, dim=-1).indices                          # (T, k)
+        top = score.topk(keep_count(E, self.params.keep), dim=-1).indices          # (T, k)
         keep_e = torch.zeros(gate.shape[0], E, dtype=torch.bool).scatter_(1, top, True)
         return keep_e[:, a]

@@ -7,7 +7,6 @@ import torch
 
 from ..errors import MoyuError
 from .base import Method
-from .calibration import thresholds
 
 
 @dataclass(frozen=True)
@@ -25,22 +24,25 @@ class TdaParams:
 class Tda(Method):
     """TDA (MOYU paper; TEAL, Liu et al. 2024): zero z_i where |z_i| < t_l. Choices: t_l is the
     per-layer (1-keep) quantile of |z| calibrated once per model on standard-library docstrings
-    (disjoint from the pydoc_data.topics evaluation text; token 0 excluded), see calibration.py.
-    A fixed global `threshold` overrides it; keep 1.0 or threshold 0 keeps everything. Only z is
-    thresholded (gate and up stay dense), so only down_proj can skip weights."""
+    (disjoint from the pydoc_data.topics evaluation text; token 0 excluded). A fixed global
+    `threshold` overrides it; keep 1.0 or threshold 0 keeps everything. Only z is thresholded
+    (gate and up stay dense), so only down_proj can skip weights."""
 
     name = "tda"
     Params = TdaParams
+
+    def requires(self):
+        return ("thresholds",) if self.params.threshold is None and self.params.keep < 1.0 else ()
+
+    def calibration_score(self, layer, sample, lm):
+        return sample.z.abs()
 
     def layer_threshold(self, layer: int, lm) -> float:
         if self.params.threshold is not None:
             return float(self.params.threshold)
         if self.params.keep >= 1.0:
             return 0.0
-        return thresholds(lm, "tda", self.params.keep)[layer]
-
-    def prepare(self, lm) -> None:
-        self.layer_threshold(0, lm)
+        return self.resource(lm, "thresholds")[layer]
 
     def select(self, layer, z, gate, lm, x=None):
         t = self.layer_threshold(layer, lm)

@@ -60,25 +60,22 @@ def test_capture_switch_layer_and_method_then_share(app_server, new_page, artifa
     share = page.locator("code").filter(has_text="run=").last.inner_text().strip()
     assert run_id in share and "layer=18" in share and "norm=abs" in share
 
-    # methods: quality and timing figures, or a clear 'not available yet'
+    # methods: what it keeps, quality and timing figures
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Methods").click()
     page.get_by_role("heading", name="Methods").wait_for()
     wait_idle(page)
     no_traceback(page)
-    if page.get_by_text("No DA methods are available yet").count():
-        shot(page, artifacts, "02-methods-unavailable")
-    else:
-        page.get_by_text("Recall of the oracle").first.wait_for()
-        page.get_by_role("button", name="Evaluate quality").first.click()
-        page.get_by_text("Perplexity ratio").first.wait_for(timeout=240_000)
-        page.get_by_role("button", name="Generate").first.click()
-        page.get_by_text("Speed-up").first.wait_for(timeout=240_000)
-        wait_idle(page)
-        body = page.inner_text("body")
-        assert "executed" in body or "simulated" in body
-        assert "Ceiling at keep" in body
-        no_traceback(page)
-        shot(page, artifacts, "02-methods", height=2400)
+    page.get_by_text("Recall of the oracle").first.wait_for()
+    page.get_by_role("button", name="Evaluate quality").first.click()
+    page.get_by_text("Perplexity ratio").first.wait_for(timeout=240_000)
+    page.get_by_role("button", name="Generate").first.click()
+    page.get_by_text("Speed-up").first.wait_for(timeout=240_000)
+    wait_idle(page)
+    body = page.inner_text("body")
+    assert "executed" in body or "simulated" in body
+    assert "Ceiling at keep" in body
+    no_traceback(page)
+    shot(page, artifacts, "02-methods", height=2400)
 
     # the share link in a fresh session shows the same view
     other = new_page()

@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
 _spec = importlib.util.spec_from_file_location("moyu_e2e_conftest", HERE / "conftest.py")
 _conf = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_conf)
@@ -122,7 +120,7 @@ def test_four_sessions_and_a_cli_capture(fresh_server, new_page, artifacts):
 
 
 def test_bundles_through_the_runs_page(fresh_server, new_page, artifacts, tmp_path, lm):
-    from moyu_core import bundle
+    from moyu_core import share as bundle
     from moyu_core.runs import capture_run
     from moyu_core.store import Store
 
