@@ -31,7 +31,8 @@ def _window(lm, method: Method, ids: list[int], P: int):
     from .hooks import method_intervention
     x = torch.tensor([list(lm.bos_ids) + ids])
     P = P + len(lm.bos_ids)
-    dense = lm.model(x, use_cache=False).logits[0, P - 1:-1].float()    # (G, V)
+    with lm.lock:  # no other thread's hooks may be on the model during the dense forward
+        dense = lm.model(x, use_cache=False).logits[0, P - 1:-1].float()    # (G, V)
     kept: list[float] = [0.0] * lm.n_layers
 
     def on_z(i, z, gate, h):

@@ -44,7 +44,8 @@ def _continuation_nll(lm, ids: list[int], n_prompt: int, masks: np.ndarray | Non
     continuation positions only (the prompt runs dense)."""
     x = torch.tensor([ids])
     if masks is None:
-        logits = lm.model(x, use_cache=False).logits
+        with lm.lock:  # no other thread's hooks may be on the model during this forward
+            logits = lm.model(x, use_cache=False).logits
     else:
         mt = torch.from_numpy(masks)
 

@@ -57,6 +57,7 @@ def test_capture_switch_layer_and_method_then_share(app_server, new_page, artifa
     page.get_by_text("|z|", exact=True).click()
     page.wait_for_url(re.compile(r"norm=abs"))
     wait_idle(page)
+    page.locator("code").filter(has_text="norm=abs").last.wait_for()  # the link is redrawn last
     share = page.locator("code").filter(has_text="run=").last.inner_text().strip()
     assert run_id in share and "layer=18" in share and "norm=abs" in share
 
@@ -94,6 +95,7 @@ def test_long_prompt_heavy_hitters_and_runs(app_server, new_page, artifacts):
     page = new_page()
     page.goto(base + "/")
     page.get_by_role("button", name="Long (~1k tokens)").click()
+    page.wait_for_function("() => [...document.querySelectorAll('textarea')].some(t => t.value.length > 2000)")
     wait_idle(page)
     page.get_by_role("button", name="Capture").click()
     page.get_by_text("Adjacent top-10% overlap").wait_for(timeout=240_000)
