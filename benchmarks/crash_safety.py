@@ -44,7 +44,7 @@ def prompt(seed: int, i: int, words: int) -> str:
 
 def writer(db: str, seed: int, start: int, words: int) -> None:
     """Capture prompts start, start+1, ... forever; `ACK run_id` after each commit."""
-    from moyu_core import models, runs
+    from moyu_core import hooks, models, runs
     from moyu_core.store import Store
 
     put_run = Store.put_run
@@ -56,6 +56,7 @@ def writer(db: str, seed: int, start: int, words: int) -> None:
     Store.put_run = announced_put_run
     models.setup_compute()
     lm = models.load(models.DEFAULT_MODEL)
+    hooks.capture(lm, lm.encode(prompt(seed, -1, words)))  # warm-up: kills land on steady-state captures
     store = Store(db)
     print("READY", flush=True)
     i = start
