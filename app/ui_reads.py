@@ -1,6 +1,7 @@
 """Cached reads of a run. A run id names its data forever (content-addressed), so these
-process-wide caches are safe to share between sessions; per-user state lives in
-`st.session_state` only."""
+process-wide caches are safe to share between sessions (and with the background workers of
+`ui_jobs`); per-user state lives in `st.session_state` only. Every cache is bounded: layer
+activations by bytes, the rest by entries."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,52 +9,81 @@ from pathlib import Path
 import streamlit as st
 
 from moyu_core import analysis
-from ui_store import _store, db_path, store
+from moyu_core.tokens_display import Span, labels, merge_byte_pieces
+from ui_cache import Lru
+from ui_store import _store, db_path, store, tokenizer
 
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _layer(path: str, run_id: str, layer: int):
-    z = _store(path).activations(run_id, layer)
-    z.setflags(write=False)
-    return z  # (T, d_ff)
+Z_BYTES = 256 * 2**20   # float32 layer activations: 40 layers of a 1024-token smollm2 run
+_Z = Lru(max_items=256, max_bytes=Z_BYTES)
+_TOKENS = Lru(max_items=64)       # (id, piece) lists
+_PIECES = Lru(max_items=64)       # display labels (byte pieces merged)
+_STATS = Lru(max_items=16)        # attention received (L, H, T) and residual norms (L, T): 1 MB each
+_OVERVIEW = Lru(max_items=32)     # per-layer frequency (L, d_ff) and inertia rows: 0.4 MB each
+_ORDERS = Lru(max_items=128)      # neuron permutations (d_ff,)
 
 
 def layer(run_id: str, layer_index: int):
-    return _layer(db_path(), run_id, int(layer_index))
+    """z (T, d_ff) float32, read-only; safe from any thread."""
+    path = db_path()
 
+    def read():
+        z = _store(path).activations(run_id, int(layer_index))
+        z.setflags(write=False)
+        return z
 
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _token_stats(path: str, run_id: str):
-    return _store(path).token_stats(run_id)
+    return _Z.get_or_put((path, run_id, int(layer_index)), read)
 
 
 def token_stats(run_id: str):
     """(attn_received (L, H, T), resid_norm (L, T))."""
-    return _token_stats(db_path(), run_id)
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _tokens(path: str, run_id: str):
-    return _store(path).tokens(run_id)
+    path = db_path()
+    return _STATS.get_or_put((path, run_id), lambda: _store(path).token_stats(run_id))
 
 
 def tokens(run_id: str) -> list[tuple[int, str]]:
-    return _tokens(db_path(), run_id)
+    path = db_path()
+    return _TOKENS.get_or_put((path, run_id), lambda: _store(path).tokens(run_id))
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _overview(path: str, run_id: str, n_layers: int):
-    return analysis.layer_overview(lambda i: _layer(path, run_id, i), n_layers)
+def spans(run_id: str, model_name: str | None = None) -> list[Span]:
+    """The run's text as display spans: whole characters, the byte pieces of a cut character
+    merged (`tokens_display`), decoded with the run's model's tokenizer; the stored pieces, one
+    span each, when that tokenizer is not available here."""
+    path = db_path()
+
+    def make():
+        toks = tokens(run_id)
+        tok = tokenizer(model_name) if model_name else None
+        if tok is None:
+            return [Span(i, i + 1, p) for i, (_, p) in enumerate(toks)]
+        return merge_byte_pieces([i for i, _ in toks], lambda ids: tok.decode(ids))
+
+    return _PIECES.get_or_put((path, run_id, model_name), make)
+
+
+def pieces(run_id: str, model_name: str | None = None) -> list[str]:
+    """One display label per token (`tokens_display.labels`): a piece of a cut character shows
+    the whole character and its part, e.g. "😀 (1/2)"."""
+    return labels(spans(run_id, model_name))
+
+
+def neuron_order(run_id: str, layer_index: int, order: str = "frequency"):
+    """`analysis.neuron_order` of the layer (a permutation of neuron ids), cached."""
+    path = db_path()
+    return _ORDERS.get_or_put((path, run_id, int(layer_index), order),
+                              lambda: analysis.neuron_order(layer(run_id, layer_index), order))
 
 
 def overview(run_id: str, n_layers: int) -> dict:
-    return _overview(db_path(), run_id, n_layers)
+    path = db_path()
+    return _OVERVIEW.get_or_put((path, run_id, n_layers),
+                                lambda: analysis.layer_overview(lambda i: layer(run_id, i), n_layers))
 
 
 def clear_run_caches() -> None:
     """Forget cached reads (after a delete or an import); the store is the truth."""
-    for f in (_layer, _token_stats, _tokens, _overview):
-        f.clear()
+    for c in (_Z, _TOKENS, _PIECES, _STATS, _OVERVIEW, _ORDERS):
+        c.clear()
 
 
 def run_record(run_id: str):

@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-PAGE_PATHS = ("explore", "heavy_hitters", "methods", "compare", "runs", "experiments")
+PAGE_PATHS = ("explore", "heavy_hitters", "neurons", "methods", "compare", "runs", "experiments")
 
 
 def current_run() -> str | None:
@@ -27,26 +27,55 @@ def set_run(run_id: str) -> None:
     st.query_params["run"] = run_id
 
 
+def notice(name: str, text: str, value: Any = None) -> None:
+    """A message, shown in plain view beside the `name` control on this page until the user
+    changes that control (or leaves the page), that something asked for was not shown as asked."""
+    st.session_state.setdefault("url_notices", {})[name] = (text, value)
+
+
+def _show_notice(name: str, value: Any) -> None:
+    """The notice about `name`, while its control still shows the value it was reset to."""
+    notices = st.session_state.get("url_notices", {})
+    got = notices.get(name)
+    if got and got[1] != value:   # the user changed the control: the notice is old news
+        notices.pop(name, None)
+    elif got:
+        st.warning(got[0], icon=":material/link_off:")
+
+
 def url_state(name: str, default: Any, cast: Callable[[str], Any] = str,
-              valid: Callable[[Any], bool] | None = None) -> str:
+              valid: Callable[[Any], bool] | None = None, allowed: str = "") -> str:
     """Session key for a widget whose value is mirrored in `?name=`: initialised from the URL,
-    then the session's last value, then `default`. Call `sync_url(name)` after the widget."""
+    then the session's last value, then `default`. Call `sync_url(name)` after the widget. A
+    URL value that cannot be used is reset with a notice naming it, what is allowed (`allowed`,
+    e.g. "0–29") and what is shown instead."""
     key = f"url_{name}"
     if key not in st.session_state:
         prefs = st.session_state.setdefault("prefs", {})
         value = prefs.get(name, default)
         raw = st.query_params.get(name)
+        bad = False
         if raw is not None:
             try:
                 value = cast(raw)
             except (TypeError, ValueError):
-                value = prefs.get(name, default)
+                value, bad = prefs.get(name, default), True
         if valid is not None and not valid(value):
-            value = default
+            value, bad = default, raw is not None
+        if bad:
+            notice(name, f"The link's `{name}={str(raw)[:40]}` cannot be shown here"
+                         f"{f' (allowed: {allowed})' if allowed else ''}; reset to {_shown(value)}.", value)
         st.session_state[key] = value
     elif valid is not None and not valid(st.session_state[key]):
-        st.session_state[key] = default
+        st.session_state[key] = default   # e.g. another run, with fewer layers: quietly the default
+    _show_notice(name, st.session_state[key])
     return key
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
 
 
 def entering(page: str) -> None:
@@ -58,6 +87,7 @@ def entering(page: str) -> None:
     if st.session_state.get("page") == page:
         return
     st.session_state["page"] = page
+    st.session_state.pop("url_notices", None)
     for key in [k for k in st.session_state if str(k).startswith("url_")]:
         st.session_state[key] = st.session_state[key]
 
@@ -65,7 +95,10 @@ def entering(page: str) -> None:
 def sync_url(name: str, to_str: Callable[[Any], str] = str) -> Any:
     value = st.session_state[f"url_{name}"]
     st.session_state.setdefault("prefs", {})[name] = value
-    st.query_params[name] = to_str(value)
+    if value is None:   # nothing chosen: no parameter
+        st.query_params.pop(name, None)
+    else:
+        st.query_params[name] = to_str(value)
     return value
 
 

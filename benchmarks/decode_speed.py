@@ -1,9 +1,15 @@
 """Decode speed: dense and method alternating in one process (A B A B ...), median of the per-pair
-decode tokens/s ratios, with the ceiling 1 / (1 - m (1 - k)) beside (m = MLP byte share).
+decode tokens/s ratios, at 1 and 2 threads, beside each method's ceiling 1 / (1 - s (1 - k)) (s: the
+bytes its kind can skip, `decode.ceiling`) and the fraction of that ceiling it reaches.
 
-    python benchmarks/decode_speed.py --method griffin --keep 0.5 --json   one row
-    python benchmarks/decode_speed.py                                      every method at 0.5, 0.25
+    python benchmarks/decode_speed.py                                  every method, keep 0.5, 1 and 2 threads
+    python benchmarks/decode_speed.py --method teal --keep 0.5 --threads 2 --json   one row
+    python benchmarks/decode_speed.py --keeps 0.5,0.25 --pairs 7       more keeps, more pairs
     python benchmarks/decode_speed.py --vs-hf --json      lean dense loop vs transformers' generate
+
+Columns: speed-up (median wall-clock ratio), cpu (median ratio of decode CPU time: on one thread
+the work itself, a check that holds on a busy machine), ceiling, x/ceil = speed-up / ceiling,
+gain = (speed-up - 1) / (ceiling - 1), the share of the possible gain reached.
 """
 from __future__ import annotations
 
@@ -14,35 +20,27 @@ import time
 
 import torch
 
-from moyu_core.analysis import speedup_ceiling
-from moyu_core.decode import generate
+from moyu_core.decode import ceiling, compare_speed, generate
 from moyu_core.methods import make
 from moyu_core.models import fused_attention, load, setup_compute
 
 PROMPT = "Python's standard library reference describes the built-in types, the exceptions and"
-METHODS = ("griffin", "static", "tda", "cats", "cett", "dejavu", "moe", "oracle")
+METHODS = ("tda", "cett", "oracle", "cats", "moe-oracle", "dejavu", "moe", "teal", "griffin", "static")
 
 
-def mlp_share(lm) -> float:
-    mlp = sum(p.numel() for l in lm.layers for p in l.mlp.parameters())
-    return mlp / sum(p.numel() for p in lm.model.parameters())
-
-
-def bench(lm, name: str, keep: float, pairs: int, tokens: int, executed: bool = True) -> dict:
+def bench(lm, name: str, keep: float, pairs: int, tokens: int, executed: bool = True, threads: int | None = None) -> dict:
     """Alternate dense and method `pairs` times; the median of per-pair decode tokens/s ratios."""
-    m = make(name, keep=keep)
-    generate(lm, PROMPT, make("dense"), 4)
-    generate(lm, PROMPT, m, 4, executed=executed)            # warm-up (calibration, router load)
-    ratios, label = [], ""
-    for _ in range(pairs):
-        d = generate(lm, PROMPT, make("dense"), tokens)
-        r = generate(lm, PROMPT, m, tokens, executed=executed)
-        ratios.append(r["decode_tokens_per_s"] / d["decode_tokens_per_s"])
-        label = r["label"]
-    share = mlp_share(lm)
-    return {"method": name, "keep": keep, "speedup_median": statistics.median(ratios),
-            "ceiling": speedup_ceiling(share, keep), "pairs": pairs, "tokens": tokens, "label": label,
-            "mlp_share": share, "ratios": ratios}
+    if threads:
+        setup_compute(threads)
+    r = compare_speed(lm, PROMPT, make(name, keep=keep), tokens, pairs, executed)
+    c = ceiling(lm, name, keep)
+    s = r["speedup_median"]
+    return {"method": name, "keep": keep, "threads": torch.get_num_threads(), "speedup_median": s,
+            "cpu_ratio_median": r["cpu_ratio_median"], "ceiling": c, "of_ceiling": s / c,
+            "gain_of_ceiling": (s - 1) / (c - 1) if c > 1 else float("nan"), "pairs": r["pairs"],
+            "tokens": tokens, "label": r["label"], "ratios": r["ratios"],
+            "slice_ms": r["method"]["slice_ms"], "prefill_ms": r["method"]["prefill_ms"],
+            "dense_tokens_per_s": r["dense"]["decode_tokens_per_s"]}
 
 
 @torch.inference_mode()
@@ -68,7 +66,9 @@ def vs_hf(lm, pairs: int, tokens: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", choices=METHODS)
-    p.add_argument("--keep", type=float, default=0.5)
+    p.add_argument("--keep", type=float, default=None, help="one keep (default: --keeps)")
+    p.add_argument("--keeps", default="0.5")
+    p.add_argument("--threads", default="1,2")
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--simulated", action="store_true", help="mask instead of executing")
@@ -84,15 +84,22 @@ def main() -> None:
         if a.json:
             print(json.dumps(r))
         return
-    todo = [(a.method, a.keep)] if a.method else [(n, k) for n in METHODS for k in (0.5, 0.25)]
-    print(f"{'method':8s} {'keep':>5s} {'speed-up':>9s} {'ceiling':>8s}  label ({a.pairs} pairs, {a.tokens} tokens)")
+    keeps = [a.keep] if a.keep is not None else [float(k) for k in a.keeps.split(",")]
+    names = [a.method] if a.method else list(METHODS)
+    threads = [int(t) for t in a.threads.split(",")]
+    print(f"{'method':10s} {'keep':>5s} {'thr':>3s} {'speed-up':>8s} {'cpu':>6s} {'ceiling':>7s} {'x/ceil':>6s} "
+          f"{'gain':>5s} {'slice ms':>8s}  label ({a.pairs} pairs, {a.tokens} tokens)", flush=True)
     rows = []
-    for name, keep in todo:
-        r = bench(lm, name, keep, a.pairs, a.tokens, not a.simulated)
-        rows.append(r)
-        print(f"{r['method']:8s} {r['keep']:5.2f} {r['speedup_median']:8.2f}x {r['ceiling']:7.2f}x  {r['label']}", flush=True)
+    for t in threads:
+        for name in names:
+            for keep in keeps:
+                r = bench(lm, name, keep, a.pairs, a.tokens, not a.simulated, t)
+                rows.append(r)
+                print(f"{name:10s} {keep:5.2f} {t:3d} {r['speedup_median']:7.2f}x {r['cpu_ratio_median']:5.2f}x "
+                      f"{r['ceiling']:6.2f}x {r['of_ceiling']:6.2f} {r['gain_of_ceiling']:5.2f} {r['slice_ms']:8.1f}  "
+                      f"{r['label']}", flush=True)
     if a.json:
-        print(json.dumps(rows[0] if a.method else rows))
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
 
 
 if __name__ == "__main__":

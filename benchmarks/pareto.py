@@ -2,7 +2,8 @@
 
 Quality: the protocol of DESIGN.md (`moyu_core.evaluate`, W windows of P + G tokens of
 pydoc_data.topics). Speed: decode tokens/s of the method over dense, alternating in one process,
-median of the per-pair ratios (benchmarks/decode_speed.py), executed. Each row is stored in DuckDB
+median of the per-pair ratios (benchmarks/decode_speed.py), executed, beside the method's ceiling
+(`decode.ceiling`: 1 / (1 - s (1 - k)), s the bytes its kind can skip). Each row is stored in DuckDB
 as a result of kind "pareto" (the app's Compare page draws them) and printed as a table.
 
     python benchmarks/pareto.py                       # full protocol (W=12, 5 pairs): ~30 min here
@@ -20,7 +21,7 @@ from moyu_core.methods import make
 from moyu_core.models import load, setup_compute
 from moyu_core.store import DEFAULT_DB, Store
 
-METHODS = ("oracle", "tda", "cats", "cett", "dejavu", "griffin", "moe", "static")
+METHODS = ("oracle", "tda", "cats", "cett", "dejavu", "griffin", "moe", "moe-oracle", "static", "teal")
 KEEPS = (0.75, 0.5, 0.25)
 
 
@@ -66,13 +67,13 @@ def main() -> None:
     if "dejavu" in names:
         ensure_router(lm, store)
     rows = []
-    print(f"{'method':8s} {'keep':>5s} {'ppl ratio':>9s} {'top-1':>6s} {'sparsity':>8s} {'speed-up':>9s} "
+    print(f"{'method':10s} {'keep':>5s} {'ppl ratio':>9s} {'top-1':>6s} {'sparsity':>8s} {'speed-up':>9s} "
           f"{'ceiling':>8s}  label", flush=True)
     for name in names:
         for keep in (float(k) for k in a.keeps.split(",")):
             r = row(lm, store, name, keep, a)
             rows.append(r)
-            print(f"{name:8s} {keep:5.2f} {r['ppl_ratio']:9.3f} {r['top1_agree']:6.3f} {r['sparsity']:8.3f} "
+            print(f"{name:10s} {keep:5.2f} {r['ppl_ratio']:9.3f} {r['top1_agree']:6.3f} {r['sparsity']:8.3f} "
                   f"{r['speedup']:8.2f}x {r['ceiling']:7.2f}x  {r['label']}", flush=True)
     if a.json:
         print(json.dumps(rows))

@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import MoyuError
 
 COMMANDS = ["capture", "runs", "export", "import_bundle", "inertia", "hh_ablation", "relu_swiglu", "applicability", "eval", "generate",
-            "train_router"]
+            "train_router", "atlas"]
 COMMAND_NAMES = {"import_bundle": "import"}  # module name -> subcommand (`import` is a keyword)
 
 

@@ -182,31 +182,49 @@ def mask_agreement(keep: np.ndarray, oracle: np.ndarray) -> dict:
             "kept": n_keep / max(1, keep.size)}
 
 
-def mlp_weight_share(model) -> float:
-    """Share of the weight bytes a decode step reads that belong to MLPs (gate, up, down), found
-    by the model family's adapter. Embedding tables are lookups (one row per token); a tied
-    output head reads the whole matrix once."""
+def weight_shares(model) -> tuple[float, float]:
+    """(m, a): the shares of the weight bytes a decode step reads that belong to the MLPs (gate,
+    up, down) and to the attention projections (q, k, v, o), found by the model family's adapter.
+    Embedding tables are lookups (one row per token); a tied output head reads the whole matrix
+    once."""
     from .families import family_of
 
-    mlp = family_of(model.config.model_type).mlp_parameters(model)
+    fam = family_of(model.config.model_type)
+    mlp = fam.mlp_parameters(model)
+    attn = {id(p) for layer in fam.layer_list(fam.decoder(model)) for m in fam.parts(layer).attn.modules()
+            if getattr(getattr(m, "weight", None), "dim", lambda: 0)() == 2 for p in m.parameters()}
     head = model.get_output_embeddings()
     lookups = {id(p) for m in model.modules() if hasattr(m, "num_embeddings") for p in m.parameters()}
     lookups.discard(id(head.weight) if head is not None else None)
-    n_mlp = n_other = 0
+    n = {"mlp": 0, "attn": 0, "other": 0}
     for p in model.parameters():
-        if id(p) in lookups:
-            continue
-        n = p.numel() * p.element_size()
-        if id(p) in mlp:
-            n_mlp += n
-        else:
-            n_other += n
-    return n_mlp / max(1, n_mlp + n_other)
+        if id(p) not in lookups:
+            n["mlp" if id(p) in mlp else "attn" if id(p) in attn else "other"] += p.numel() * p.element_size()
+    total = max(1, sum(n.values()))
+    return n["mlp"] / total, n["attn"] / total
 
 
-def speedup_ceiling(mlp_share: float, keep: float) -> float:
-    """Best possible decode speed-up when only `keep` of the MLP weights are read: 1/(1-m(1-k))."""
-    return 1.0 / (1.0 - mlp_share * (1.0 - keep))
+def mlp_weight_share(model) -> float:
+    """Share of the weight bytes a decode step reads that belong to MLPs (`weight_shares`)."""
+    return weight_shares(model)[0]
+
+
+# what each kind of method can skip (methods' `skips`), as a share of the bytes read per token,
+# from the MLP share m and the attention projections' share a: a method deciding from z skips
+# W_down rows only (gate and up run dense), one deciding from the gate skips up and down, a router
+# on x or one mask per sequence skips all three, TEAL skips input channels of every linear
+SKIPPABLE = {"none": lambda m, a: 0.0, "down": lambda m, a: m / 3, "up_down": lambda m, a: 2 * m / 3,
+             "mlp": lambda m, a: m, "all_linear": lambda m, a: m + a}
+
+
+def speedup_ceiling(mlp_share: float, keep: float, skips: str = "mlp", attention_share: float = 0.0) -> float:
+    """Best possible decode speed-up at `keep` for a method that skips `skips` (SKIPPABLE):
+    decode reads every weight once per token, so skipping a share s of those bytes at keep k
+    gives 1 / (1 - s (1 - k)) (DESIGN.md, speed protocol)."""
+    if skips not in SKIPPABLE:
+        raise ValueError(f"unknown skips {skips!r}; choose {', '.join(SKIPPABLE)}")
+    s = SKIPPABLE[skips](mlp_share, attention_share)
+    return 1.0 / (1.0 - s * (1.0 - keep))
 
 
 # ---- stored metrics for the comparison chart ----------------------------------------------------
@@ -223,16 +241,41 @@ def _keep_of(params: dict, result: dict):
     return None
 
 
-def metrics_table(results: list[dict], mlp_share: float | None = None) -> list[dict]:
+def _eval_intervals(res: dict) -> dict:
+    """95% t intervals over the protocol's windows: the perplexity ratio's from the per-window
+    mean NLL difference (exp of its interval, so it brackets the pooled ratio), KL's and top-1's."""
+    from .experiments.stats import mean_ci
+
+    wins = res.get("per_window") or []
+    if len(wins) < 2:
+        return {}
+    d = mean_ci([w["nll"] - w["dense_nll"] for w in wins])
+    kl, top1 = mean_ci([w["kl"] for w in wins]), mean_ci([w["top1_agree"] for w in wins])
+    return {"ppl_ratio_lo": math.exp(d["lo"]), "ppl_ratio_hi": math.exp(d["hi"]),
+            "kl_lo": kl["lo"], "kl_hi": kl["hi"], "top1_agree_lo": top1["lo"], "top1_agree_hi": top1["hi"]}
+
+
+def _speed_spread(res: dict) -> dict:
+    """The middle half (25th-75th percentile) of the per-pair speed-up ratios, and their number."""
+    ratios = [r for r in res.get("ratios") or [] if isinstance(r, (int, float))]
+    if not ratios:
+        return {}
+    lo, hi = np.percentile(ratios, [25, 75])
+    return {"speedup_lo": float(lo), "speedup_hi": float(hi), "pairs": len(ratios)}
+
+
+def metrics_table(results: list[dict], ceiling: Callable[[str, float], float | None] | None = None) -> list[dict]:
     """One row per (method, keep) from stored results (`Store.results()` dicts): quality from kind
     "eval", measured speed-up (with its executed/simulated label) from the speed kinds, newest
-    first wins. `mlp_share` adds the speed-up ceiling at each keep."""
+    first wins. `ceiling(method, keep)` (e.g. `speedup_ceiling` at the method's `skips`) adds the
+    speed-up ceiling of each row."""
     rows: dict[tuple, dict] = {}
 
     def row(method, keep):
         return rows.setdefault((method, keep), {
             "method": method, "keep": keep, "ppl_ratio": None, "kl": None, "top1_agree": None,
-            "sparsity": None, "windows": None, "speedup": None, "timing": None, "ceiling": None})
+            "sparsity": None, "windows": None, "speedup": None, "timing": None, "ceiling": None,
+            "kept": None})
 
     for r in results:  # oldest first: later results overwrite
         res, params = r.get("result") or {}, r.get("params") or {}
@@ -245,14 +288,60 @@ def metrics_table(results: list[dict], mlp_share: float | None = None) -> list[d
             for k in ("ppl_ratio", "kl", "top1_agree", "sparsity", "windows"):
                 if res.get(k) is not None:
                     out[k] = res[k]
+            if res.get("sparsity") is not None:
+                out["kept"] = 1.0 - float(res["sparsity"])   # measured share of z kept
+            out.update(_eval_intervals(res))
         elif r.get("kind") in SPEED_KINDS:
             got = next((res[k] for k in _SPEED_KEYS if isinstance(res.get(k), (int, float))), None)
             if got is not None:
                 out = row(method, keep)
                 out["speedup"] = float(got)
                 out["timing"] = res.get("label") or res.get("timing") or "unlabelled"
+                out.update(_speed_spread(res))
     table = sorted(rows.values(), key=lambda d: (d["method"], -1 if d["keep"] is None else d["keep"]))
-    if mlp_share is not None:
+    if ceiling is not None:
         for d in table:
-            d["ceiling"] = None if d["keep"] is None else speedup_ceiling(mlp_share, d["keep"])
+            d["ceiling"] = None if d["keep"] is None else ceiling(d["method"], d["keep"])
     return table
+
+
+# ---- display helpers: colour limits, where a pooled block's value comes from, Pareto frontier ----
+
+def colour_limit(values: np.ndarray, percentile: float = 99.5) -> float:
+    """The colour scale's end: the `percentile` of |values| (NaN ignored), so that a few massive
+    values (the attention sink's) do not turn everything else dark; 100 is the maximum."""
+    a = np.abs(np.asarray(values, dtype=np.float32)).ravel()
+    a = a[np.isfinite(a)]
+    if not a.size:
+        return 1.0
+    v = float(a.max()) if percentile >= 100 else float(np.percentile(a, percentile))
+    return v if v > 0 else (float(a.max()) or 1.0)
+
+
+def pool2d_strongest(a: np.ndarray, max_rows: int, max_cols: int):
+    """`pool2d` plus where each block's value comes from: (pooled, row_edges, col_edges, rows,
+    cols), rows/cols (R, C) int: the row and column of `a` of largest magnitude in the block (the
+    first one, row-major, among equal magnitudes)."""
+    pooled, re, ce = pool2d(a, max_rows, max_cols)
+    mag = np.abs(a)
+    big = np.iinfo(np.int64).max
+    band_max = np.maximum.reduceat(mag, re[:-1], axis=0)                                  # (R, D)
+    at = mag == np.repeat(band_max, np.diff(re), axis=0)
+    best_row = np.minimum.reduceat(np.where(at, np.arange(a.shape[0])[:, None], big), re[:-1], axis=0)
+    block_max = np.maximum.reduceat(band_max, ce[:-1], axis=1)                            # (R, C)
+    at = band_max == np.repeat(block_max, np.diff(ce), axis=1)
+    cols = np.minimum.reduceat(np.where(at, np.arange(a.shape[1])[None, :], big), ce[:-1], axis=1)
+    rows = np.take_along_axis(best_row, cols, axis=1)
+    return pooled, re, ce, rows, cols
+
+
+def pareto_front(cost: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """bool (n,): the points no other point beats, i.e. none has cost <= and gain >= with one of
+    them strict (lower cost, higher gain are better; NaN points are never on the front)."""
+    cost, gain = np.asarray(cost, float), np.asarray(gain, float)
+    ok = np.isfinite(cost) & np.isfinite(gain)
+    front = np.zeros(len(cost), bool)
+    for i in np.flatnonzero(ok):
+        beaten = ok & (cost <= cost[i]) & (gain >= gain[i]) & ((cost < cost[i]) | (gain > gain[i]))
+        front[i] = not beaten.any()
+    return front

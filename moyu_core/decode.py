@@ -1,50 +1,165 @@
-"""Lean greedy KV-cache decode loop (batch 1) with executed sparse MLPs.
+"""Lean greedy KV-cache decode loop (batch 1) with executed sparse paths on fused kernels.
 
 The prompt always runs dense; prefill and decode use SDPA attention (captures need eager attention
 for its weights, decode does not), for dense and methods alike. Llama-architecture models decode
-with the hand-written step of `llama_step.py`, others through transformers' forward. Dense
-decode runs `SlicedMLP` over all neurons (gate and up stacked in one matrix), the same module a
-sliced method runs over its kept neurons. Every timing is labelled:
+with the hand-written step of `llama_step.py` (its q/k/v, o and LM head products on the kernels),
+others through transformers' forward. Every timing is labelled:
 
-- *executed*, sequence-level methods (griffin, static): each layer's MLP is a `SlicedMLP` holding
-  copies of only the kept neurons' gate/up rows and down columns.
-- *executed*, per-token methods (tda, cats, cett, dejavu, moe, oracle): each layer's MLP is
-  replaced by `GatheredMLP`, which per token reads only what the method needs to decide (the
-  full gate for z- or gate-based methods, nothing for a router on x) and then only the kept
-  neurons' rows of `up_proj`/`gate_proj` and of `W_down^T` (an `embedding_bag` weighted sum).
-- *simulated*: the dense MLP runs and z is masked (quality only, nothing saved). Families
-  without an executed path (`executed_path`: non-gated MLPs, MLP biases) always run simulated.
+- *executed*: each layer's MLP is a `KernelMLP` whose one call per token runs a fused kernel of
+  `moyu_core/kernels` that applies the method's selection itself and reads only what the method
+  keeps. Dense decoding runs the same kernels over every neuron (they read weights about twice
+  as fast as torch's matrix-vector product here, so dense gets them too: a speed-up measures the
+  skipped bytes, not a better product). Sequence-level methods (griffin, static) copy the kept
+  neurons of the prompt's masks into a smaller MLP first (timed: `slice_ms`); per-token methods
+  (`EXECUTED`) decide inside the kernel; teal also skips input channels of q, k, v and o.
+- *simulated*: the dense MLP runs and z is masked (teal: the input of every linear), quality only.
+  Families without an executed path (`executed_path`: non-gated MLPs, MLP biases, an activation
+  the kernels lack) and methods without a kernel always run simulated.
 """
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from . import llama_step
+from . import kernels, llama_step
+from .analysis import speedup_ceiling, weight_shares
 from .errors import MoyuError
-from .hooks import method_intervention
+from .hooks import input_intervention, method_intervention
+from .keep import keep_count
+from .methods import REGISTRY, Method, make
 from .models import fused_attention
-from .methods import Method, make
 from .preparation import prepare
 
-def executed_path(lm) -> bool:
-    """Whether executed sparse MLPs exist for this model: a gated MLP in its own module, without
-    biases (llama, qwen2, qwen3, mistral, gemma2, gemma3, phi3). Other families run simulated."""
-    return lm.gated and lm.family.mlp is not None and not lm.mlp_weights(0).biased
+Kernel = Callable[[torch.Tensor], torch.Tensor]   # one token's MLP input (d,) -> MLP output (d,)
+_NONE = torch.empty(0)
 
 
-def _gate_up(lm, i: int) -> torch.Tensor:
-    """gate and up rows stacked, (2 d_ff, d): both from one matrix product."""
-    return lm.derived((i, "gate_up"), lambda: torch.cat([lm.mlp_weights(i).gate, lm.mlp_weights(i).up]))
+def executed_path(lm, method: Method | None = None) -> bool:
+    """Whether executed sparse decoding exists for this model (and method): a gated MLP in its own
+    module, without biases, with an activation the kernels have (llama, qwen2, qwen3, mistral,
+    gemma2, gemma3, phi3); a method needs a kernel (`EXECUTED`, or sequence level), and teal the
+    hand-written llama step (its attention products)."""
+    if not (lm.gated and lm.family.mlp is not None and not lm.mlp_weights(0).biased
+            and activation(lm) is not None):
+        return False
+    if method is None or method.name == "dense" or method.sequence_level:
+        return True
+    if method.skips == "all_linear" and not llama_step.supported(lm):
+        return False
+    return method.name in EXECUTED
 
 
-def _down_t(lm, i: int) -> torch.Tensor:
-    """W_down transposed to (d_ff, d), so a neuron's output column is one row."""
-    return lm.derived((i, "down_t"), lambda: lm.mlp_weights(i).down.T)
+def activation(lm) -> int | None:
+    """The kernels' code for the model's MLP activation (None: not one they have)."""
+    return lm.derived(("kernels.activation",), lambda: kernels.activation_kind(lm.parts(0).act))
+
+
+def ceiling(lm, name: str, keep: float) -> float | None:
+    """The decode speed-up ceiling of the registered method `name` at `keep` on this model
+    (`analysis.speedup_ceiling` at the method's `skips`); None for an unknown name."""
+    if name not in REGISTRY or keep is None:
+        return None
+    m, a = lm.derived(("weight_shares",), lambda: weight_shares(lm.model))
+    return speedup_ceiling(m, float(keep), REGISTRY[name].skips, a)
+
+
+# ---- one kernel per method and layer -------------------------------------------------------------
+
+def _dense(lm, i, method, kind) -> Kernel:
+    gu, dt = kernels.stream_layout(lm, i)
+    run = kernels.ops().mlp_dense
+    return lambda x: run(gu, dt, x, kind)
+
+
+def _tda(lm, i, method, kind) -> Kernel:
+    gu, dt = kernels.stream_layout(lm, i)
+    t, run = method.layer_threshold(i, lm), kernels.ops().mlp_z_threshold
+    return lambda x: run(gu, dt, x, kind, t, _NONE)
+
+
+def _cett(lm, i, method, kind) -> Kernel:
+    if method._keeps_all():
+        return _dense(lm, i, method, kind)
+    gu, dt = kernels.stream_layout(lm, i)
+    t, scale = method.resource(lm, "thresholds")[i], method.resource(lm, "derived")[i].float().contiguous()
+    run = kernels.ops().mlp_z_threshold
+    return lambda x: run(gu, dt, x, kind, t, scale)
+
+
+def _oracle(lm, i, method, kind) -> Kernel:
+    gu, dt = kernels.stream_layout(lm, i)
+    k, run = keep_count(lm.d_ff, method.params.keep), kernels.ops().mlp_z_topk
+    return lambda x: run(gu, dt, x, kind, k)
+
+
+def _cats(lm, i, method, kind) -> Kernel:
+    if method.params.keep >= 1.0:
+        return _dense(lm, i, method, kind)
+    g, ud = kernels.gate_layout(lm, i)
+    t, run = method.resource(lm, "thresholds")[i], kernels.ops().mlp_gate_threshold
+    return lambda x: run(g, ud, x, kind, t)
+
+
+def _experts(method, lm, i):
+    return method.resource(lm, "derived")[i], keep_count(method.params.experts, method.params.keep)
+
+
+def _moe_oracle(lm, i, method, kind) -> Kernel:
+    if method.params.keep >= 1.0:
+        return _dense(lm, i, method, kind)
+    g, ud = kernels.gate_layout(lm, i)
+    (ex, k), run = _experts(method, lm, i), kernels.ops().mlp_gate_experts
+    return lambda x: run(g, ud, x, kind, ex.members, k)
+
+
+def _moe(lm, i, method, kind) -> Kernel:
+    if method.params.keep >= 1.0:
+        return _dense(lm, i, method, kind)
+    rec = kernels.records(lm, i)
+    (ex, k), run = _experts(method, lm, i), kernels.ops().mlp_router_experts
+    return lambda x: run(rec, x, kind, ex.centroids, ex.members, k)
+
+
+def _dejavu(lm, i, method, kind) -> Kernel:
+    if method.params.keep >= 1.0:
+        return _dense(lm, i, method, kind)
+    router = method.resource(lm, "router")
+    rec = kernels.records(lm, i)
+    w1 = lm.derived((i, "kernels.router1", id(router)), lambda: kernels.hugepage(router.w1[i].float()))
+    w2 = lm.derived((i, "kernels.router2", id(router)), lambda: kernels.hugepage(router.w2[i].float()))
+    k, run = keep_count(lm.d_ff, method.params.keep), kernels.ops().mlp_router_topk
+    return lambda x: run(rec, x, kind, w1, w2, k)
+
+
+def _teal(lm, i, method, kind) -> Kernel:
+    t = method.layer_thresholds(i, lm)
+    gut, (_, dt) = kernels.teal_layout(lm, i), kernels.stream_layout(lm, i)
+    run = kernels.ops().teal_mlp
+    return lambda x: run(gut, dt, x, kind, t["gate"], t["up"], t["down"])
+
+
+# the per-token methods with an executed path: name -> kernel(lm, layer, method, activation code)
+EXECUTED: dict[str, Callable] = {"dense": _dense, "tda": _tda, "cett": _cett, "oracle": _oracle, "cats": _cats,
+                                 "moe-oracle": _moe_oracle, "dejavu": _dejavu, "moe": _moe, "teal": _teal}
+
+
+class KernelMLP(torch.nn.Module):
+    """One layer's MLP as one kernel call per decoded token (batch 1, one position); longer
+    inputs (a prompt) run the layer's own MLP."""
+
+    def __init__(self, mlp: torch.nn.Module, run: Kernel):
+        super().__init__()
+        self.mlp, self.run = mlp, run
+
+    def forward(self, x):
+        if x.shape[0] != 1 or x.shape[1] != 1:
+            return self.mlp(x)
+        return self.run(x.reshape(-1)).view(1, 1, -1)
 
 
 @contextmanager
@@ -65,90 +180,59 @@ def swapped_mlps(lm, make_mlp):
                 setattr(layer, attr, mlp)
 
 
-class SlicedMLP(torch.nn.Module):
-    """The MLP restricted to neurons idx, or all of them (idx None: the dense decode runs this
-    same module, so that a sliced one differs from it in nothing but its neurons). gate and up
-    rows stacked in one matrix, one product for both."""
-
-    def __init__(self, lm, i: int, mlp, idx: torch.Tensor | None = None):
-        super().__init__()
-        d_ff, gate_up, w_down = lm.d_ff, _gate_up(lm, i), lm.mlp_weights(i).down
-        self.act_fn, self.k = lm.parts(i).act, d_ff if idx is None else len(idx)
-        if idx is None:
-            self.w_gate_up, self.w_down = gate_up, w_down
-        else:
-            self.w_gate_up = gate_up.index_select(0, torch.cat([idx, idx + d_ff]))
-            self.w_down = w_down.index_select(1, idx).contiguous()
-
-    def forward(self, x):
-        g, u = F.linear(x, self.w_gate_up).split(self.k, -1)
-        return F.linear(self.act_fn(g) * u, self.w_down)
+def kernel_mlps(lm, method: Method):
+    """Context: every layer's MLP runs the method's kernel (built before the swap)."""
+    kind, build = activation(lm), EXECUTED[method.name]
+    runs = [build(lm, i, method, kind) for i in range(lm.n_layers)]
+    return swapped_mlps(lm, lambda i, mlp: KernelMLP(mlp, runs[i]))
 
 
-def sliced_mlps(lm, keep_idx: list[torch.Tensor] | None = None):
-    """Every layer's MLP as a SlicedMLP on keep_idx[layer] (all neurons when keep_idx is None)
-    for the duration of the context."""
-    return swapped_mlps(lm, lambda i, mlp: SlicedMLP(lm, i, mlp, None if keep_idx is None else keep_idx[i]))
+def sliced_mlps(lm, keep_idx: list[torch.Tensor]):
+    """Context: every layer's MLP restricted to neurons keep_idx[layer], copied out of the stream
+    layout on entry (the slicing a sequence-level method pays once per prompt)."""
+    kind, run = activation(lm), kernels.ops().mlp_dense
+
+    def make_mlp(i, mlp):
+        gu, dt = kernels.stream_layout(lm, i)
+        gu_k, dt_k = kernels.hugepage_rows(gu, keep_idx[i]), kernels.hugepage_rows(dt, keep_idx[i])
+        return KernelMLP(mlp, lambda x: run(gu_k, dt_k, x, kind))
+    return swapped_mlps(lm, make_mlp)
 
 
-class GatheredMLP(torch.nn.Module):
-    """Per-token executed sparse MLP for batch-1 decode (one token per call; longer inputs run
-    dense). The method's `needs` says what it decides from: "z" (gate and up dense, down
-    gathered), "gate" (gate dense, up and down gathered), "x" (router on the MLP input: gate, up
-    and down all gathered)."""
+def _layouts(lm, method: Method) -> None:
+    """Build the weight layouts the run reads before anything is timed (once per model)."""
+    for i in range(lm.n_layers):
+        kernels.stream_layout(lm, i)
+    if llama_step.supported(lm):
+        llama_step.DenseLinears(lm)
 
-    def __init__(self, lm, i: int, mlp, method: Method):
-        super().__init__()
-        self.lm, self.i, self.mlp, self.method, self.act = lm, i, mlp, method, lm.parts(i).act
-        self.wg, self.wu = lm.mlp_weights(i).gate, lm.mlp_weights(i).up
-        self.w_gate_up, self.wd_t = _gate_up(lm, i), _down_t(lm, i)
-        self.needs = method.needs
 
-    def forward(self, x):
-        if x.shape[0] != 1 or x.shape[1] != 1:
-            return self.mlp(x)
-        h = x[0]                                                    # (1, d)
-        act = self.act
-        if self.needs == "x":
-            idx = self.method.select(self.i, None, None, self.lm, h)[0].nonzero()[:, 0]
-            z = act(F.embedding(idx, self.wg) @ h[0]) * (F.embedding(idx, self.wu) @ h[0])
-        elif self.needs == "gate":
-            g = act(h @ self.wg.T)                                  # (1, d_ff), dense
-            idx = self.method.select(self.i, None, g, self.lm, h)[0].nonzero()[:, 0]
-            z = g[0, idx] * (F.embedding(idx, self.wu) @ h[0])
-        else:
-            g, u = F.linear(h, self.w_gate_up).split(self.wg.shape[0], -1)
-            g = act(g)
-            zf = g * u                                              # (1, d_ff), dense
-            idx = self.method.select(self.i, zf, g, self.lm, h)[0].nonzero()[:, 0]
-            z = zf[0, idx]
-        if idx.numel() == 0:                                        # nothing kept: the MLP adds 0
-            return x.new_zeros(1, 1, self.wd_t.shape[1])
-        out = F.embedding_bag(idx[None], self.wd_t, per_sample_weights=z[None], mode="sum")
-        return out[None]                                            # (1, 1, d)
-
+# ---- the loop ------------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def _loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
+def _loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None, linears=None, own_step=True):
     with fused_attention(lm):
-        return _timed_loop(lm, ids, n, prompt_ctx, decode_ctx)
+        return _timed_loop(lm, ids, n, prompt_ctx, decode_ctx, linears, own_step)
 
 
-def _timed_loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
+def _timed_loop(lm, ids, n, prompt_ctx, decode_ctx, linears, own_step):
+    """-> tokens, prefill s, setup s (entering decode_ctx: slicing), decode s, decode CPU s (all
+    threads of the process: on one thread, the work itself, whatever else the machine runs)."""
     x = torch.tensor([ids])
     t0 = time.perf_counter()
-    if prompt_ctx is not None:
-        with prompt_ctx():
-            out = lm.model(x, use_cache=True)
-    else:
+    with prompt_ctx() if prompt_ctx is not None else nullcontext():
         out = lm.model(x, use_cache=True)
     prefill = time.perf_counter() - t0
     past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
     toks = [tok]
-    with decode_ctx() if decode_ctx else nullcontext():
+    with ExitStack() as stack:
         t1 = time.perf_counter()
-        if llama_step.supported(lm):
-            dec = llama_step.LlamaDecoder(lm, past, len(ids), n)
+        if decode_ctx is not None:
+            stack.enter_context(decode_ctx())
+        setup = time.perf_counter() - t1
+        t2, c2 = time.perf_counter(), time.process_time()
+        if own_step and llama_step.supported(lm):
+            dec = llama_step.LlamaDecoder(lm, past, len(ids), n, linears)
             for _ in range(n - 1):
                 tok = int(dec.step(tok).argmax())
                 toks.append(tok)
@@ -157,15 +241,41 @@ def _timed_loop(lm, ids: list[int], n: int, prompt_ctx=None, decode_ctx=None):
                 out = lm.model(torch.tensor([[tok]]), cache=past, use_cache=True)
                 past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
                 toks.append(tok)
-        dt = time.perf_counter() - t1
-    return toks, prefill, dt
+        dt, cpu = time.perf_counter() - t2, time.process_time() - c2
+    return toks, prefill, setup, dt, cpu
+
+
+def _masked(lm, method: Method, state: dict, own_step: bool):
+    """Simulated decoding: the dense MLP runs and z is masked; a method that thresholds every
+    linear's input (teal) also masks the inputs of gate and up, and of q, k, v and o where the
+    hand-written step does not (`llama_step.InputMaskedLinears`)."""
+    fixed: dict[int, torch.Tensor] = {}
+
+    def on_z(i, z, gate, x):
+        if method.sequence_level:
+            if i not in fixed:   # the prompt's mask as a 0/1 vector, built once per layer
+                fixed[i] = torch.zeros(z.shape[-1], dtype=z.dtype).index_fill_(0, state[i], 1)
+            return z * fixed[i]
+        return z * method.select(i, z[0, -1:], gate[-1:], lm, x[-1:]).to(z.dtype)[None]
+
+    def on_input(i, role, x):
+        return x * method.input_keep(i, role, x, lm).to(x.dtype)
+
+    @contextmanager
+    def ctx():
+        skip = ("down",) + (("q", "k", "v", "o") if own_step else ())
+        with method_intervention(lm, on_z), (input_intervention(lm, on_input, exclude=skip)
+                                             if method.skips == "all_linear" else nullcontext()):
+            yield
+    return ctx
 
 
 def generate(lm, text: str | list[int], method: Method | None = None, max_new_tokens: int = 64,
              executed: bool = True) -> dict:
     """Greedy decode of max_new_tokens after a dense prompt (text, or token ids used as given).
-    Returns method, params, keep, text, tokens, n_tokens, prefill_ms, decode_tokens_per_s, label
-    ('executed' | 'simulated')."""
+    Returns method, params, keep, text, tokens, n_tokens, prefill_ms, slice_ms (copying the kept
+    neurons of a sequence-level method; ~0 for the others), decode_tokens_per_s, decode_cpu_ms,
+    label ('executed' | 'simulated')."""
     method = method or make("dense")
     if not 1 <= int(max_new_tokens) <= 4096:
         raise MoyuError(f"max_new_tokens must be in [1, 4096], got {max_new_tokens}")
@@ -178,33 +288,48 @@ def generate(lm, text: str | list[int], method: Method | None = None, max_new_to
             state[i] = method.select(i, z[0].detach(), gate, lm, x)[-1].nonzero()[:, 0]
         return method_intervention(lm, fn)
 
-    def masked():       # simulated: the dense MLP runs, z is masked
-        fixed: dict[int, torch.Tensor] = {}
-
-        def fn(i, z, gate, x):
-            if method.sequence_level:
-                if i not in fixed:   # the prompt's mask as a 0/1 vector, built once per layer
-                    fixed[i] = torch.zeros(z.shape[-1], dtype=z.dtype).index_fill_(0, state[i], 1)
-                return z * fixed[i]
-            return z * method.select(i, z[0, -1:], gate[-1:], lm, x[-1:]).to(z.dtype)[None]
-        return method_intervention(lm, fn)
-
+    run = executed and executed_path(lm, method)
+    if run:
+        _layouts(lm, method)
+    seq_ctx = prompt_ctx if method.sequence_level else None
     if method.name == "dense":
-        dense_ctx = (lambda: sliced_mlps(lm)) if executed_path(lm) else None
-        label, (toks, pre, dt) = "executed", _loop(lm, ids, max_new_tokens, None, dense_ctx)
-    elif not (executed and executed_path(lm)):   # simulated where no executed path exists
-        label = "simulated"
-        toks, pre, dt = _loop(lm, ids, max_new_tokens, prompt_ctx if method.sequence_level else None, masked)
+        label, args = "executed", (None, (lambda: kernel_mlps(lm, method)) if run else None, None, True)
+    elif not run:
+        linears = None
+        if method.skips == "all_linear" and llama_step.supported(lm):
+            linears = llama_step.InputMaskedLinears(lm, [method.layer_thresholds(i, lm) for i in range(lm.n_layers)])
+        own_step = method.skips != "all_linear" or linears is not None
+        label, args = "simulated", (seq_ctx, _masked(lm, method, state, own_step), linears, own_step)
     elif method.sequence_level:
-        label = "executed"
-        toks, pre, dt = _loop(lm, ids, max_new_tokens, prompt_ctx,
-                              lambda: sliced_mlps(lm, [state[i] for i in range(lm.n_layers)]))
+        label, args = "executed", (seq_ctx, lambda: sliced_mlps(lm, [state[i] for i in range(lm.n_layers)]), None, True)
     else:
-        label = "executed"
-        toks, pre, dt = _loop(lm, ids, max_new_tokens, None,
-                              lambda: swapped_mlps(lm, lambda i, mlp: GatheredMLP(lm, i, mlp, method)))
+        linears = None
+        if method.skips == "all_linear":
+            linears = llama_step.InputSparseLinears(lm, [method.layer_thresholds(i, lm) for i in range(lm.n_layers)])
+        label, args = "executed", (None, lambda: kernel_mlps(lm, method), linears, True)
+    toks, pre, setup, dt, cpu = _loop(lm, ids, max_new_tokens, *args)
     return {"method": method.name, "params": dataclasses.asdict(method.params),
             "keep": getattr(method.params, "keep", None),
             "text": lm.tokenizer.decode(toks), "tokens": toks, "n_tokens": len(toks),
-            "prefill_ms": pre * 1000,
-            "decode_tokens_per_s": (len(toks) - 1) / dt if dt > 0 else float("nan"), "label": label}
+            "prefill_ms": pre * 1000, "slice_ms": setup * 1000,
+            "decode_tokens_per_s": (len(toks) - 1) / dt if dt > 0 else float("nan"),
+            "decode_cpu_ms": cpu * 1000, "label": label}
+
+
+def compare_speed(lm, text: str | list[int], method: Method, max_new_tokens: int = 32, pairs: int = 3,
+                  executed: bool = True) -> dict:
+    """Dense and the method alternating in one process (A B A B ...), `pairs` times after one
+    short warm-up pair: the median of the per-pair decode tokens/s ratios (the speed protocol).
+    Returns speedup_median, ratios, cpu_ratio_median (the same from decode CPU time: on one
+    thread a check that is robust to a busy machine), label, and the last pair's results."""
+    dense = make("dense")
+    generate(lm, text, dense, 4)
+    generate(lm, text, method, 4, executed=executed)
+    ratios, cpu, d, r = [], [], None, None
+    for _ in range(max(1, int(pairs))):
+        d = generate(lm, text, dense, max_new_tokens)
+        r = generate(lm, text, method, max_new_tokens, executed=executed)
+        ratios.append(r["decode_tokens_per_s"] / d["decode_tokens_per_s"])
+        cpu.append(d["decode_cpu_ms"] / max(r["decode_cpu_ms"], 1e-9))
+    return {"speedup_median": statistics.median(ratios), "ratios": ratios, "cpu_ratio_median": statistics.median(cpu),
+            "label": r["label"], "dense": d, "method": r, "pairs": len(ratios), "tokens": max_new_tokens}

@@ -1,9 +1,11 @@
 """Quality protocol of DESIGN.md: W windows of P dense prompt + G teacher-forced continuation
-tokens from pydoc_data.topics; the method masks z at continuation positions only."""
+tokens from pydoc_data.topics; the method masks z at continuation positions only (teal: the
+input of every linear)."""
 from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ def windows_of(ids: list[int], windows: int, length: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def _window(lm, method: Method, ids: list[int], P: int):
-    from .hooks import method_intervention
+    from .hooks import input_intervention, method_intervention
     x = torch.tensor([list(lm.bos_ids) + ids])
     P = P + len(lm.bos_ids)
     with lm.lock:  # no other thread's hooks may be on the model during the dense forward
@@ -46,7 +48,13 @@ def _window(lm, method: Method, ids: list[int], P: int):
         full[P:] = m.to(z.dtype)
         return z * full[None]
 
-    with method_intervention(lm, on_z):
+    def on_input(i, role, h):   # teal: the inputs of q, k, v, o, gate and up, continuation only
+        keep = torch.ones_like(h, dtype=torch.bool)
+        keep[:, P:] = method.input_keep(i, role, h[:, P:], lm)
+        return h * keep.to(h.dtype)
+
+    with method_intervention(lm, on_z), (input_intervention(lm, on_input, exclude=("down",))
+                                         if method.skips == "all_linear" else nullcontext()):
         logits = lm.model(x, use_cache=False).logits[0, P - 1:-1].float()
     tgt = x[0, P:]
     nll = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum").item()
@@ -87,7 +95,8 @@ def evaluate(lm, method: Method, store=None, windows: int = 12, prompt_len: int 
     _check(lm, windows, prompt_len, gen_len, free_tokens)
     params = dataclasses.asdict(method.params)
     key = {"model": lm.fingerprint, "method": method.name, "params": params, "windows": windows,
-           "prompt_len": prompt_len, "gen_len": gen_len, "free_tokens": free_tokens, "v": 2}
+           "prompt_len": prompt_len, "gen_len": gen_len, "free_tokens": free_tokens,
+           "v": 3}   # 3: "moe" is MoEfication with its router (was the exact choice, now moe-oracle)
     if store is not None:
         hit = store.get_result("eval", key)
         if hit is not None:
@@ -96,9 +105,11 @@ def evaluate(lm, method: Method, store=None, windows: int = 12, prompt_len: int 
     prepare(lm, method)
     nll = dnll = kl = agree = 0.0
     kept = np.zeros(lm.n_layers)
+    per_window = []
     for w, ids in enumerate(wins):
         a, b, c, d, k = _window(lm, method, ids, prompt_len)
         nll, dnll, kl, agree, kept = nll + a, dnll + b, kl + c, agree + d, kept + np.array(k)
+        per_window.append({"nll": a / gen_len, "dense_nll": b / gen_len, "kl": c, "top1_agree": d})
         if progress:
             progress((w + 1) / len(wins), f"window {w + 1}/{len(wins)}")
     n = len(wins) * gen_len
@@ -107,7 +118,8 @@ def evaluate(lm, method: Method, store=None, windows: int = 12, prompt_len: int 
     res = {"method": method.name, "params": params, "ppl": ppl, "dense_ppl": dppl,
            "ppl_ratio": ppl / dppl, "kl": kl / len(wins), "top1_agree": agree / len(wins),
            "sparsity": float(np.mean(per_layer)), "per_layer": per_layer,
-           "windows": windows, "prompt_len": prompt_len, "gen_len": gen_len}
+           "windows": windows, "prompt_len": prompt_len, "gen_len": gen_len,
+           "per_window": per_window}  # mean NLL per continuation token, KL, top-1 of each window
     if free_tokens:
         res["free_generation"] = free_generation(lm, method, wins[0][:prompt_len], free_tokens)
     if store is not None:

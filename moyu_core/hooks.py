@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import reduce
 from typing import Callable, Iterator
 
 import numpy as np
@@ -280,3 +281,57 @@ def capture_mlp_io(lm: LoadedModel, ids: list[int], layers: list[int]) -> tuple[
     with hooked(lm, mlp_hooks(lm, layers, x=on_x, z=on_z)):
         lm.body(torch.tensor([list(ids)]), use_cache=False)
     return (torch.stack([xs[i] for i in layers]).numpy(), torch.stack([zs[i] for i in layers]).numpy())
+
+
+def block_linears(lm: LoadedModel, i: int) -> dict[str, torch.nn.Module]:
+    """The linears of block i by role: the attention module's children with a 2-D weight, named
+    without "_proj" (q, k, v, o on Llama-like families), and the MLP's "gate", "up" and "down"
+    (a fused [gate; up] module (phi3) under "gate_up")."""
+    fam, layer = lm.family, lm.layers[i]
+    out = {name.removesuffix("_proj"): m for name, m in lm.parts(i).attn.named_children()
+           if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2}
+    gate = reduce(getattr, fam.gate.split("."), layer) if fam.gate else None
+    up = reduce(getattr, fam.up.split("."), layer)
+    if gate is up:
+        out["gate_up"] = up
+    else:
+        out.update({"gate": gate, "up": up} if gate is not None else {"up": up})
+    out["down"] = lm.parts(i).down
+    return out
+
+
+def input_intervention(lm: LoadedModel, fn: Callable, exclude: tuple[str, ...] = ()):
+    """Context manager (TEAL): the input of every linear of every block passes through
+    `fn(layer, role, x)` (x (B, T, d_in), roles of `block_linears`), which may return a
+    replacement; roles in `exclude` are left alone."""
+    def pre(i, role):
+        def hook(_m, args):
+            new = fn(i, role, args[0])
+            if new is not None:
+                return (new,) + tuple(args[1:])
+        return hook
+
+    hooks = [(m, "pre", pre(i, role)) for i in range(lm.n_layers)
+             for role, m in block_linears(lm, i).items() if role not in exclude]
+    return hooked(lm, hooks)
+
+
+@contextmanager
+def block_inputs(lm: LoadedModel, record: Callable[[int, tuple, dict], None]) -> Iterator[None]:
+    """Context manager: each decoder layer's call, positional and keyword arguments (hidden
+    states first), handed to `record(layer, args, kwargs)` before it runs; lets calibration run
+    one block again alone (`layer(*args, **kwargs)`)."""
+    def pre(i):
+        def hook(_m, args, kwargs):
+            record(i, args, kwargs)
+        return hook
+
+    with lm.lock:
+        handles = []
+        try:
+            for i in range(lm.n_layers):
+                handles.append(lm.layers[i].register_forward_pre_hook(pre(i), with_kwargs=True))
+            yield
+        finally:
+            for h in handles:
+                h.remove()

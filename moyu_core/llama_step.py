@@ -9,6 +9,11 @@ stacked weights, RoPE on q and k at once, single-query attention per group of qu
 Other architectures (gemma3: sliding windows, q/k norms, four norms a layer) decode through
 transformers' forward.
 
+Every product of the step other than the MLP (q, k and v stacked, o, the LM head) goes through
+`linears`: `DenseLinears` (the fused kernels' dense matrix-vector product, for dense decoding and
+every method), `InputSparseLinears` (TEAL executed: input channels below a threshold skipped) or
+`InputMaskedLinears` (TEAL simulated: those channels zeroed, then the dense product).
+
 `tests/test_decode.py` checks its logits against transformers' step after step.
 """
 from __future__ import annotations
@@ -16,26 +21,98 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import kernels
+
 
 def supported(lm) -> bool:
     return getattr(lm.model.config, "model_type", None) == "llama" and not lm.model.config.attention_bias
 
 
-def _qkv_weight(lm, i: int) -> torch.Tensor:
+def _qkv(lm, i: int) -> torch.Tensor:
+    """q, k and v weights stacked, ((nh + 2 nkv) hd, d): one product for all three."""
     a = lm.layers[i].self_attn
-    return lm.derived((i, "qkv"), lambda: torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+    return torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().float()
+
+
+def _o(lm, i: int) -> torch.Tensor:
+    return lm.layers[i].self_attn.o_proj.weight.detach().float()
+
+
+class DenseLinears:
+    """Dense q/k/v (stacked), o and LM head products on the kernels' matrix-vector product, with
+    the weights in huge-page memory (built once per model)."""
+
+    def __init__(self, lm):
+        self.gemv = kernels.ops().gemv
+        self.w_qkv = [kernels.rows(lm, (i, "qkv"), lambda i=i: _qkv(lm, i)) for i in range(lm.n_layers)]
+        self.w_o = [kernels.rows(lm, (i, "o"), lambda i=i: _o(lm, i)) for i in range(lm.n_layers)]
+        self.w_head = kernels.rows(lm, "lm_head", lambda: lm.model.lm_head.weight.detach().float())
+
+    def qkv(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.gemv(self.w_qkv[i], x)
+
+    def o(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.gemv(self.w_o[i], x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gemv(self.w_head, x)
+
+
+class InputSparseLinears(DenseLinears):
+    """TEAL's attention products: input channels j with |x_j| below the projection's threshold are
+    skipped, the weights stored transposed (in, out) so that a channel is one row. thresholds[i]
+    maps "q", "k", "v", "o" to layer i's thresholds. The LM head stays dense."""
+
+    def __init__(self, lm, thresholds: list[dict]):
+        super().__init__(lm)
+        self.linear_t = kernels.ops().linear_t
+        self.t_qkv = [[float(t[p]) for p in ("q", "k", "v")] for t in thresholds]
+        self.t_o = [[float(t["o"])] for t in thresholds]
+        a = lm.layers[0].self_attn
+        n_q, n_k = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
+        self.bounds = [0, n_q, n_q + n_k, n_q + 2 * n_k]
+        self.w_qkv_t = [kernels.transposed(lm, (i, "qkv"), lambda i=i: _qkv(lm, i)) for i in range(lm.n_layers)]
+        self.w_o_t = [kernels.transposed(lm, (i, "o"), lambda i=i: _o(lm, i)) for i in range(lm.n_layers)]
+
+    def qkv(self, i, x):
+        return self.linear_t(self.w_qkv_t[i], x, self.bounds, self.t_qkv[i])
+
+    def o(self, i, x):
+        return self.linear_t(self.w_o_t[i], x, [0, self.w_o_t[i].shape[1]], self.t_o[i])
+
+
+class InputMaskedLinears(DenseLinears):
+    """TEAL simulated: the input entries of q, k, v and o below their thresholds are zeroed and the
+    dense products run (thresholds[i] as for `InputSparseLinears`)."""
+
+    def __init__(self, lm, thresholds: list[dict]):
+        super().__init__(lm)
+        self.t = thresholds
+        a = lm.layers[0].self_attn
+        n_q, n_k = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
+        self.rows = {"q": slice(0, n_q), "k": slice(n_q, n_q + n_k), "v": slice(n_q + n_k, n_q + 2 * n_k)}
+
+    def _masked(self, x, t):
+        return x * (x.abs() >= t) if t > 0 else x
+
+    def qkv(self, i, x):
+        return torch.cat([self.gemv(self.w_qkv[i][r], self._masked(x, float(self.t[i][p])))
+                          for p, r in self.rows.items()])
+
+    def o(self, i, x):
+        return self.gemv(self.w_o[i], self._masked(x, float(self.t[i]["o"])))
 
 
 class LlamaDecoder:
     """Holds the KV cache of one sequence: built from transformers' cache after a prefill of
     `n_prompt` tokens, with room for `n_new` more; `step(token)` returns the next logits (vocab,)."""
 
-    def __init__(self, lm, past, n_prompt: int, n_new: int):
+    def __init__(self, lm, past, n_prompt: int, n_new: int, linears: DenseLinears | None = None):
         cfg = lm.model.config
         self.lm, self.body, self.pos = lm, lm.body, n_prompt
+        self.linears = linears or DenseLinears(lm)
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.w_qkv = [_qkv_weight(lm, i) for i in range(lm.n_layers)]
         self.k, self.v = [], []        # per layer (positions, n_kv, hd)
         for i in range(lm.n_layers):
             for cache, got in ((self.k, past.layers[i].keys), (self.v, past.layers[i].values)):
@@ -50,7 +127,7 @@ class LlamaDecoder:
         cos, sin = cos[0], torch.cat([-sin[0, :, :hd // 2], sin[0, :, hd // 2:]], -1)
         for i, layer in enumerate(self.body.layers):
             attn = layer.self_attn
-            qkv = F.linear(_norm(layer.input_layernorm, h), self.w_qkv[i])[0, 0]   # ((nh+2nkv) hd,)
+            qkv = self.linears.qkv(i, _norm(layer.input_layernorm, h).view(-1))      # ((nh+2nkv) hd,)
             qk = qkv[:(nh + nkv) * hd].view(nh + nkv, hd)
             # rotary embedding of q and k at once: x cos + rotate_half(x) sin
             qk = torch.addcmul(qk * cos, torch.roll(qk, hd // 2, -1), sin)
@@ -60,11 +137,11 @@ class LlamaDecoder:
             q = qk[:nh].view(nkv, nh // nkv, hd) * attn.scaling
             keys, values = self.k[i][:p + 1].transpose(0, 1), self.v[i][:p + 1].transpose(0, 1)
             w = torch.softmax(torch.bmm(q, keys.transpose(1, 2)), -1)                 # (nkv, g, p+1)
-            o = torch.bmm(w, values).reshape(1, 1, nh * hd)
-            h = h + F.linear(o, attn.o_proj.weight)
+            o = torch.bmm(w, values).reshape(nh * hd)
+            h = h + self.linears.o(i, o).view(1, 1, -1)
             h = h + layer.mlp(_norm(layer.post_attention_layernorm, h))
         self.pos = p + 1
-        return F.linear(_norm(self.body.norm, h), self.lm.model.lm_head.weight)[0, -1]
+        return self.linears.head(_norm(self.body.norm, h).view(-1))
 
 
 def _norm(rms, h: torch.Tensor) -> torch.Tensor:

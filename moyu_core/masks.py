@@ -66,11 +66,11 @@ def method_inputs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return gate, x
 
 
-def keep_masks_from(lm, method: Method, layer_z=None, inputs=None) -> np.ndarray | None:
+def keep_masks_from(lm, method: Method, layer_z=None, inputs=None, layers=None) -> np.ndarray | None:
     """bool (L, T, d_ff) with no forward: from already-captured dense z (`layer_z(layer)` ->
     (T, d_ff), e.g. the store's) for methods that decide from z, from `method_inputs(...)` =
     (gate, x) for those that read the gate activation or the MLP input; None when what the
-    method needs was not given."""
+    method needs was not given. `layers` (indices) draws only those, stacked in that order."""
     if method.needs == "z" and layer_z is not None:
         def args(i):
             return torch.as_tensor(np.array(layer_z(i), dtype=np.float32)), None, None
@@ -82,7 +82,7 @@ def keep_masks_from(lm, method: Method, layer_z=None, inputs=None) -> np.ndarray
     prepare(lm, method)
     with torch.inference_mode():
         masks = []
-        for i in range(lm.n_layers):
+        for i in range(lm.n_layers) if layers is None else layers:
             z, gate, x = args(i)
             masks.append(method.select(i, z, gate, lm, x).numpy())
         return np.stack(masks)

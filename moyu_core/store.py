@@ -476,7 +476,7 @@ class Store:
         """Runs, newest first, filtered by model, method and a substring of the text."""
         with self._connect() as con:
             cur = con.execute(
-                "SELECT run_id, model, mode, method, params, n_tokens, n_layers, d_ff, dtype, created_at, "
+                "SELECT run_id, model, mode, prefix, method, params, n_tokens, n_layers, d_ff, dtype, created_at, "
                 "left(text, 200) AS text FROM runs WHERE (? IS NULL OR model = ?) AND (? IS NULL OR method = ?) "
                 "AND (? IS NULL OR contains(lower(text), lower(?))) ORDER BY created_at DESC LIMIT ?",
                 [model, model, method, method, text, text, limit])

@@ -46,6 +46,18 @@ def open_app(page: str | None = None, **params) -> AppTest:
     return at
 
 
+def settle(at: AppTest, timeout: float = 240) -> AppTest:
+    """Run again until no background job shows its progress (the browser polls; AppTest draws once)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(p.proto.text.startswith("⏳") for p in at.get("progress")):
+        assert time.monotonic() < deadline, [p.proto.text for p in at.get("progress")]
+        time.sleep(0.5)
+        at.run()
+    return at
+
+
 def assert_clean(at: AppTest) -> None:
     """No exception element reached the page (a traceback would)."""
     assert not at.exception, [e.value for e in at.exception]
@@ -159,9 +171,15 @@ def test_long_prompt_heatmap_messages_stay_small(app_db, lm):
     assert len(specs) >= 2  # pooled overview + detailed window
     assert max(len(s) for s in specs) < 500_000  # Streamlit's limit is 200 MB; stay far below
     overview = json.loads(specs[0])["data"][0]  # every token, pooled into blocks
-    z, y = plotly_array(overview["z"]), plotly_array(overview["y"])
+    z, y = plotly_array(overview["z"]), overview["y"]   # y: each block's tokens, with their text
     assert overview["type"] == "heatmap" and z.shape[0] <= 128 and z.size <= 40_000
-    assert y[0] == 0 and y[-1] > run.tokens - 16 and len(y) == z.shape[0]
+    assert y[0].startswith("0–") and int(y[-1].split("–")[1].split(" ")[0]) == run.tokens - 1
+    assert len(y) == z.shape[0] and "«" in y[1]
+    where = plotly_array(overview["customdata"]).reshape(*z.shape, 2)   # strongest token and neuron per block
+    zz = store.activations(run.run_id, 15)
+    i, j = 3, 7
+    token, neuron = where[i, j]
+    assert abs(abs(zz[token, neuron]) / np.abs(zz[token]).max() - abs(z[i, j])) < 2e-3   # per-token normalised
 
 
 def test_heavy_hitters_page(app_db):
@@ -238,7 +256,7 @@ def test_methods_page(app_db):
     assert_clean(at)
     assert at.query_params["keep"] == "0.25" and at.query_params["method"] == names[0]
     assert not at.error, [e.value for e in at.error]
-    assert [t.label for t in at.tabs] == names[:1]
+    settle(at)
     assert {m.label for m in at.metric} >= {"Kept (this layer)", "Recall of the oracle", "Precision"}
 
 
@@ -251,13 +269,104 @@ def test_prompt_text_is_shown_as_plain_text():
     assert not re.search(r"(?<!\\)[!\[\]()<>*]", shown), shown  # every markup character escaped
 
 
-def test_too_long_prompt_is_refused_before_any_forward(app_db, monkeypatch):
+def test_too_long_prompt_says_the_limit_and_how_to_raise_it(app_db, monkeypatch):
     monkeypatch.setenv("MOYU_MAX_TOKENS", "16")
     import moyu_core.models as models
 
     monkeypatch.setattr(models, "DEFAULT_MAX_TOKENS", 16)
+    store, _ = app_db
     at = open_app()
-    at.text_area(key="prompt_text").set_value(wordlists.random_word_list(40, 1))
+    text = wordlists.random_word_list(40, 1)
+    at.text_area(key="prompt_text").set_value(text)
     at.button(key="capture").click().run()
     assert_clean(at)
-    assert any("limit is 16" in e.value for e in at.error), [e.value for e in at.error]
+    errors = [e.value for e in at.error]
+    assert any("limit is 16" in e and "Max tokens" in e and "Advanced options" in e for e in errors), errors
+    assert not any("--max-tokens" in e for e in errors)   # no command-line flag in the browser
+    assert at.number_input(key="capture_max_tokens").max == 4096
+    at.number_input(key="capture_max_tokens").set_value(256)
+    at.button(key="capture").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert store.run(at.query_params["run"]).text == text
+
+
+def test_out_of_range_url_parameters_get_a_notice(app_db):
+    _, rid = app_db
+    at = open_app(run=rid, layer=99, norm="sideways", width=7)
+    assert_clean(at)
+    notices = " ".join(w.value for w in at.warning)
+    assert "layer=99" in notices and "0–29" in notices and "reset to 15" in notices
+    assert "norm=sideways" in notices and "width=7" in notices
+    assert at.query_params["layer"] == "15" and at.slider(key="url_layer").value == 15
+    at.slider(key="url_layer").set_value(3).run()   # the user acts: the layer notice is old news
+    assert "layer=99" not in " ".join(w.value for w in at.warning)
+
+
+def test_explore_colour_clip_sink_toggle_and_neuron_search(app_db, lm):
+    from moyu_core import analysis
+    from moyu_core.runs import capture_run
+
+    store, _ = app_db
+    rid = capture_run(lm, store, wordlists.reference_text(1200)).run_id
+    rec = store.run(rid)
+    at = open_app(run=rid, layer=5, norm="abs")
+    assert_clean(at)
+    detail = next(s for s in chart_specs(at) if "tokens 0–" in s["layout"]["title"]["text"])
+    z = store.activations(rid, 5)
+    assert detail["data"][0]["zmax"] == pytest.approx(analysis.colour_limit(np.abs(z), 99.5), rel=1e-4)
+    assert detail["data"][0]["zmax"] < np.abs(z).max() / 3   # the sink no longer sets the scale
+    at.toggle(key="url_hide0").set_value(True).run()
+    assert_clean(at)
+    assert at.query_params["hide0"] == "1"
+    specs = chart_specs(at)
+    detail = next(s for s in specs if "Layer 5: tokens" in s["layout"]["title"]["text"])
+    assert detail["layout"]["title"]["text"].startswith("Layer 5: tokens 1–")
+    assert not detail["data"][0]["y"][0].startswith("0 ")
+    assert detail["data"][0]["zmax"] == pytest.approx(analysis.colour_limit(np.abs(z[1:]), 99.5), rel=1e-4)
+    overview = next(s for s in specs if "pooled" in s["layout"]["title"]["text"])
+    assert overview["data"][0]["y"][0].startswith("1")
+    at.number_input(key="url_neuron").set_value(1234).run()
+    assert_clean(at)
+    assert at.query_params["neuron"] == "1234"
+    detail = next(s for s in chart_specs(at) if "Layer 5: tokens" in s["layout"]["title"]["text"])
+    assert "n1234" in detail["data"][0]["x"]   # the window moved to show the neuron
+    assert any(m.value.startswith("**Selected:**") and "1234" in m.value for m in at.markdown)
+    assert any(s["layout"]["title"]["text"] == "Layer 5: neuron 1234 over the tokens" for s in chart_specs(at))
+    at.number_input(key="url_token").set_value(7).run()
+    shown = next(m.value for m in at.markdown if m.value.startswith("**Selected:**"))
+    assert "token **7**" in shown and f"z = {z[7, 1234]:.4f}" in shown
+    assert rec.n_tokens > 48
+
+
+def test_byte_pieces_are_shown_as_whole_characters(app_db, lm):
+    from moyu_core.runs import capture_run
+
+    store, _ = app_db
+    rid = capture_run(lm, store, "Emoji 🦄 and Hebrew שלום here.").run_id
+    at = open_app(run=rid, order="index")
+    assert_clean(at)
+    detail = next(s for s in chart_specs(at) if "tokens 0–" in s["layout"]["title"]["text"])
+    labels = detail["data"][0]["y"]
+    assert not any("\ufffd" in y for y in labels), labels
+    assert any("🦄" in y for y in labels) and any("ש" in y for y in labels)
+    at.switch_page("app_pages/heavy_hitters.py").run()
+    html = next(m.value for m in at.markdown if "<span" in m.value)
+    assert "🦄" in html and "\ufffd" not in html
+
+
+def test_heavy_hitters_skip_token0_no_shade_no_bar_and_hover_text(app_db):
+    _, rid = app_db
+    at = open_app("heavy_hitters", run=rid)
+    bars = next(s for s in chart_specs(at) if s["data"][0]["type"] == "bar")
+    assert bars["data"][0]["x"][0].startswith("0 ▸")
+    heat = next(s for s in chart_specs(at) if s["data"][0]["type"] == "heatmap")
+    assert heat["data"][0]["x"][1] == "1 ▸ ·cat"   # hovers carry the token's text
+    at.toggle(key="url_skip_first").set_value(True).run()
+    assert_clean(at)
+    bars = next(s for s in chart_specs(at) if s["data"][0]["type"] == "bar")
+    assert bars["data"][0]["x"][0].startswith("1 ▸") and len(bars["data"][0]["x"]) == len(heat["data"][0]["x"]) - 1
+    html = next(m.value for m in at.markdown if "<span" in m.value)
+    first = html.split("<span", 2)[1]
+    assert "background" not in first   # token 0 is not shaded
+    assert "#1" in html and "#1</sup>" not in first

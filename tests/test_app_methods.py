@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moyu_core import analysis
-from test_app import app_db, assert_clean, chart_specs, open_app, plotly_array  # noqa: F401  (fixture re-used)
+from test_app import app_db, assert_clean, chart_specs, open_app, plotly_array, settle  # noqa: F401  (fixture re-used)
 
 TOY_SOURCE = '''
 """toy: each token's top-k of |z|, odd-indexed neurons weighted `odd_weight` times."""
@@ -118,15 +118,16 @@ def test_toy_method_on_the_methods_page(app_db, lm, toy):  # noqa: F811
     store, _ = app_db  # float32 activations: the z read here is the z the page reads
     rid = capture_run(lm, store, "Toy check: the quick brown fox jumps over the lazy dog.", dtype="float32").run_id
     z = [store.activations(rid, li) for li in range(lm.n_layers)]
-    at = open_app("methods", run=rid, keep="0.5", layer="6")
+    at = open_app("methods", run=rid, keep="0.5", layer="6", method="")
     assert_clean(at)
-    assert {"toy", "toy_threshold"} <= set(at.multiselect(key="url_method").options)
+    assert {"toy", "toy_threshold", "dense", "oracle"} <= set(at.multiselect(key="url_method").options)
     at.multiselect(key="url_method").set_value(["toy"]).run()
+    settle(at)
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     assert at.query_params["method"] == "toy"
-    titles = [s["layout"]["title"]["text"] for s in chart_specs(at) if s["data"][0]["type"] == "heatmap"]
-    assert any(t.startswith("Layer 6: toy against the oracle") for t in titles), titles
+    grid = next(s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Layer 6, keep 0.50: tokens"))
+    assert [d["name"] for d in grid["data"]] == ["toy"]
 
     def expect(li: int, odd_weight: float) -> tuple[str, str]:
         mask = toy_mask(z[li], 0.5, odd_weight)
@@ -135,17 +136,18 @@ def test_toy_method_on_the_methods_page(app_db, lm, toy):  # noqa: F811
     shown = metrics(at)
     assert (shown["Kept (this layer)"], shown["Recall of the oracle"]) == expect(6, 2.0)
     assert recall(toy_mask(z[6], 0.5, 2.0), analysis.top_mask(z[6], 0.5)) < 0.99  # not the oracle's set
-    per_layer = next(s for s in chart_specs(at) if s["layout"]["title"]["text"] == "Recall per layer")
+    per_layer = next(s for s in chart_specs(at) if s["layout"]["title"]["text"] == "Recall of the oracle per layer")
     want = [recall(toy_mask(zl, 0.5, 2.0), analysis.top_mask(zl, 0.5)) for zl in z]
     np.testing.assert_allclose(plotly_array(per_layer["data"][0]["y"]), want, atol=1e-4)
 
     at.number_input(key="p_toy_odd_weight").set_value(1.0).run()  # the toy's rule becomes |z|
+    settle(at)
     assert_clean(at)
     shown = metrics(at)
     assert (shown["Kept (this layer)"], shown["Recall of the oracle"]) == expect(6, 1.0)
     n = toy.Toy.selections
     at.slider(key="url_layer").set_value(12).run()
-    assert toy.Toy.selections == n  # every layer's masks were drawn at once
+    assert toy.Toy.selections == n  # every layer's masks were drawn in the background already
     shown = metrics(at)
     assert (shown["Kept (this layer)"], shown["Recall of the oracle"]) == expect(12, 1.0)
 
@@ -161,14 +163,17 @@ def test_toy_method_on_the_methods_page(app_db, lm, toy):  # noqa: F811
     next(b for b in at.button if b.label == "Generate").click().run()
     assert_clean(at)
     shown = metrics(at)
-    ceiling = analysis.speedup_ceiling(analysis.mlp_weight_share(lm.model), 0.5)
-    assert shown["Ceiling at keep 0.50"] == f"{ceiling:.2f}×" and "Speed-up (executed)" in shown
+    from moyu_core import decode
+
+    assert shown["Ceiling at keep 0.50"] == f"{decode.ceiling(lm, 'toy', 0.5):.2f}×"   # the toy's own ceiling
+    assert "Speed-up (executed)" in shown or "Speed-up (simulated)" in shown
     assert len([t for t in at.text if t.value]) == 2  # dense and toy continuations
 
 
 def test_method_without_keep_gets_the_ceiling_at_its_measured_share(app_db, lm, toy):  # noqa: F811
     store, rid = app_db
     at = open_app("methods", run=rid, method="toy_threshold")
+    settle(at)
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     next(s for s in at.select_slider if s.label == "New tokens").set_value(16)
@@ -176,8 +181,9 @@ def test_method_without_keep_gets_the_ceiling_at_its_measured_share(app_db, lm, 
     assert_clean(at)
     rec = store.run(rid)
     kept = float(np.mean([(np.abs(store.activations(rid, li)) >= 0.05).mean() for li in range(rec.n_layers)]))
-    ceiling = analysis.speedup_ceiling(analysis.mlp_weight_share(lm.model), kept)
-    assert metrics(at)[f"Ceiling at keep {kept:.2f}"] == f"{ceiling:.2f}×"
+    from moyu_core import decode
+
+    assert metrics(at)[f"Ceiling at keep {kept:.2f}"] == f"{decode.ceiling(lm, 'toy_threshold', kept):.2f}×"
 
 
 def test_methods_page_on_real_methods(app_db):  # noqa: F811
@@ -186,6 +192,7 @@ def test_methods_page_on_real_methods(app_db):  # noqa: F811
     names = [n for n in REGISTRY if n not in ("dense", "oracle")]
     _, rid = app_db
     at = open_app("methods", run=rid, method=names[0], keep="0.5")
+    settle(at)
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     shown = metrics(at)
@@ -198,6 +205,7 @@ def test_methods_page_dejavu_without_router_offers_training(app_db, tmp_path, mo
     monkeypatch.setenv("MOYU_ROUTER_DIR", str(tmp_path / "routers"))
     _, rid = app_db
     at = open_app("methods", run=rid, method="dejavu,tda", keep="0.5")
+    settle(at)
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     assert at.button(key="train_router").label == "Train router"
@@ -214,14 +222,110 @@ def test_a_page_showing_a_run_prepares_the_methods_page(app_db, lm):  # noqa: F8
     store, rid = app_db
     at = open_app(run=rid)  # Explore
     assert_clean(at)
-    gate, x = ui_jobs._INPUTS[(ui_store.db_path(), lm.name, rid)].result(timeout=120)
+    gate, x = ui_jobs.INPUTS.peek((ui_store.db_path(), lm.name, rid)).result(timeout=120)
     ids = [i for i, _ in store.tokens(rid)]
     want_gate, want_x = masks.method_inputs(lm, ids)
     np.testing.assert_allclose(gate, want_gate, atol=1e-5)
     np.testing.assert_allclose(x, want_x, atol=1e-5)
-    ui_jobs._POOL.submit(lambda: None).result(timeout=120)  # one worker: the oracle is done
+    ui_jobs._NUMBER_POOL.submit(lambda: None).result(timeout=120)  # one worker: the oracle is done
     for li in range(lm.n_layers):
         assert (ui_store.db_path(), rid, li, 0.5) in ui_jobs._ORACLES
     for li in (0, lm.n_layers - 1):
         np.testing.assert_array_equal(ui_jobs.oracle_mask(rid, li, 0.5),
                                       analysis.top_mask(store.activations(rid, li), 0.5))
+
+
+def test_side_by_side_with_dense_and_oracle_from_the_url(app_db):  # noqa: F811
+    """method=oracle in a link is kept; several methods, dense and the oracle among them, in one
+    grid for the same layer and tokens, each with recall, kept share and quality; an unknown
+    name is left out with a notice."""
+    store, rid = app_db
+    at = open_app("methods", run=rid, method="oracle,dense,tda,nosuch", keep="0.25", layer="4")
+    settle(at)
+    assert_clean(at)
+    assert at.multiselect(key="url_method").value == ["oracle", "dense", "tda"]
+    assert any("nosuch" in w.value and "not registered" in w.value for w in at.warning)
+    grid = next(s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Layer 4, keep 0.25: tokens"))
+    assert [d["name"] for d in grid["data"]] == ["oracle", "dense", "tda"]
+    ys = {tuple(d["y"]) for d in grid["data"]}
+    assert len(ys) == 1   # the same tokens for every method
+    assert len({tuple(d["x"]) for d in grid["data"]}) == 1   # and the same neurons
+    recalls = [m.value for m in at.metric if m.label == "Recall of the oracle"]
+    kept = [m.value for m in at.metric if m.label == "Kept (this layer)"]
+    assert recalls[:2] == ["100.0%", "100.0%"] and kept[1] == "100.0%" and kept[0] == "25.0%"
+    assert len([m for m in at.metric if m.label == "Perplexity ratio"]) >= 3   # quality on each card
+    z = store.activations(rid, 4)
+    oracle_cats = plotly_array(grid["data"][0]["z"])
+    assert set(np.unique(oracle_cats)) <= {0, 1}   # the oracle never disagrees with itself
+    assert at.query_params["method"] == "oracle,dense,tda" and z.shape[1] == 1536
+
+
+def test_quality_on_the_prompt_equals_the_core_computation(app_db, lm):  # noqa: F811
+    from moyu_core import prompt_quality
+    from moyu_core.methods import make
+
+    store, rid = app_db
+    at = open_app("methods", run=rid, method="oracle,griffin", keep="0.5")
+    settle(at)
+    at.button(key="pq_run").click().run()
+    settle(at)
+    assert_clean(at)
+    chart = next(s for s in chart_specs(at) if "on each token of the prompt" in s["layout"]["title"]["text"])
+    by_name = {d["name"]: plotly_array(d["y"]).astype(float) for d in chart["data"]}
+    ids = [i for i, _ in store.tokens(rid)]
+    for name in ("oracle", "griffin"):
+        want = prompt_quality.prompt_quality(lm, make(name, keep=0.5), ids)["kl"]
+        np.testing.assert_allclose(by_name[name], np.round(want, 5), atol=2e-5, equal_nan=True)
+    assert np.isnan(by_name["griffin"][:len(ids) // 2 + 1]).all()   # decides from the first half
+    table = next(d.value for d in at.dataframe if "where it acts" in d.value)
+    assert list(table["method"]) == ["oracle", "griffin"] and table["where it acts"][1].startswith("decides from")
+    assert any("pydoc_data.topics" in c.value for c in at.caption)   # the standard protocol says its text
+    assert any("KL on this prompt" == m.label for m in at.metric)
+
+
+def test_dejavu_banner_goes_when_the_router_is_trained(app_db, monkeypatch):  # noqa: F811
+    import torch
+
+    from moyu_core import router
+
+    _, rid = app_db
+    trained = []
+    fake = router.Router([torch.randn(8, 576) for _ in range(30)], [torch.randn(1536, 8) for _ in range(30)], {})
+    monkeypatch.setattr(router, "load_router", lambda lm: fake if trained else None)
+    monkeypatch.setattr(router, "train", lambda lm, store, progress=None: trained.append(1) or {"recall": 0.9})
+    at = open_app("methods", run=rid, method="dejavu", keep="0.5")
+    settle(at)
+    assert at.button(key="train_router").label == "Train router"
+    assert any("no trained router" in i.value for i in at.info)
+    at.button(key="train_router").click().run()
+    assert any("Router trained" in s.value for s in at.success)
+    assert not any("no trained router" in i.value for i in at.info)
+    settle(at)
+    assert_clean(at)
+    assert not any("no trained router" in i.value for i in at.info)
+    assert "Recall of the oracle" in {m.label for m in at.metric}
+
+
+def test_generate_and_evaluate_are_stored_and_charted_on_compare(app_db, lm):  # noqa: F811
+    store, rid = app_db
+    at = open_app("methods", run=rid, method="griffin", keep="0.5")
+    settle(at)
+    next(s for s in at.select_slider if s.label == "New tokens").set_value(16)
+    next(b for b in at.button if b.label == "Generate").click().run()
+    assert_clean(at)
+    got = [r for r in store.results(kind="decode") if r["method"] == "griffin"]
+    assert got and got[-1]["result"]["label"] in ("executed", "simulated") and got[-1]["result"]["ratios"]
+    next(s for s in at.select_slider if s.label == "Windows").set_value(2)
+    next(b for b in at.button if b.label == "Evaluate quality").click().run()
+    assert_clean(at)
+    at.switch_page("app_pages/compare.py").run()
+    assert_clean(at)
+    df = at.dataframe[0].value
+    row = df[(df["method"] == "griffin") & (df["keep"] == 0.5)].iloc[0]
+    assert row["speedup"] == pytest.approx(got[-1]["result"]["speedup"]) and row["timing"] == got[-1]["result"]["label"]
+    assert row["ppl_ratio_lo"] <= row["ppl_ratio"] <= row["ppl_ratio_hi"]
+    spec = next(s for s in chart_specs(at) if any(d.get("name") == "Pareto frontier" for d in s["data"]))
+    assert any(d.get("error_y") for d in spec["data"] if d.get("name") == "griffin")
+    at.radio(key="url_x").set_value("keep").run()
+    spec = next(s for s in chart_specs(at) if any(d.get("name") == "Pareto frontier" for d in s["data"]))
+    assert spec["layout"]["xaxis"]["range"] == [0, 1.02]

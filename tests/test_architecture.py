@@ -1,7 +1,7 @@
 """The house rules, checked from the code itself: no import circle inside moyu_core, methods/ is
-pure (it imports nothing that runs the model, reads the store or trains), SQL only in store.py,
-no torch in the store or the numbers the explorer draws, no Streamlit in the core, no sys.path
-edits anywhere."""
+pure (it imports nothing that runs the model, reads the store or trains), SQL only in store.py
+(and, for the neuron atlas' Parquet shards, atlas/query.py), no torch in the store or the numbers
+the explorer draws, no Streamlit in the core, no sys.path edits anywhere."""
 from __future__ import annotations
 
 import ast
@@ -120,7 +120,7 @@ def test_layers_of_the_core():
     for path in CORE.rglob("*.py"):
         src = path.read_text()
         assert not re.search(r"^\s*(import|from) streamlit", src, re.M), f"{path} imports streamlit"
-        if path.name != "store.py":
+        if path.name != "store.py" and path != CORE / "atlas" / "query.py":   # the atlas' only SQL
             assert not re.search(r"\.execute\(|con\.sql\(|duckdb\.connect", src), f"SQL in {path}"
 
 

@@ -24,17 +24,48 @@ def test_dense_matches_hf_generate(lm):
     assert d["tokens"] == ref[0, -8:].tolist()
 
 
-def test_gathered_per_token_methods_equal_masked(lm):
-    """Executed per-token paths (gathered rows) give the tokens of the masked (simulated) run,
-    and every layer's MLP is restored afterwards."""
+def test_kernel_per_token_methods_equal_masked(lm):
+    """Executed per-token paths (fused kernels) give the tokens of the masked (simulated) run,
+    and every layer's MLP is restored afterwards. (A threshold method can flip an entry sitting
+    within rounding of its threshold, so the run is short.)"""
+    from moyu_core.router import load_router
+
     mlps = [layer.mlp for layer in lm.layers]
-    for name in ("tda", "cats", "cett", "moe", "oracle"):
+    names = ["tda", "cats", "cett", "moe", "moe-oracle", "oracle", "teal"]
+    names += ["dejavu"] if load_router(lm) is not None else []
+    for name in names:
         m = make(name, keep=0.5)
         a = generate(lm, TEXT, m, max_new_tokens=6, executed=True)
         b = generate(lm, TEXT, m, max_new_tokens=6, executed=False)
         assert (a["label"], b["label"]) == ("executed", "simulated"), name
         assert a["tokens"] == b["tokens"], name
     assert [layer.mlp for layer in lm.layers] == mlps and hook_count(lm.model) == 0
+
+
+def test_slicing_time_is_measured_for_sequence_level_methods(lm):
+    g = generate(lm, TEXT, make("griffin", keep=0.5), max_new_tokens=3)
+    d = generate(lm, TEXT, make("dense"), max_new_tokens=3)
+    assert g["slice_ms"] > 0 and g["prefill_ms"] > 0 and d["slice_ms"] >= 0
+    assert g["slice_ms"] > d["slice_ms"]
+
+
+def test_ceiling_per_method_kind(lm):
+    """One formula, s by what the method can skip: smollm2 at keep 0.5 (DESIGN.md)."""
+    from moyu_core.decode import ceiling
+
+    got = {n: ceiling(lm, n, 0.5) for n in ("tda", "cats", "dejavu", "griffin", "moe", "moe-oracle", "teal")}
+    assert round(got["tda"], 2) == 1.11 and round(got["cats"], 2) == 1.25 and round(got["moe-oracle"], 2) == 1.25
+    assert round(got["dejavu"], 2) == round(got["griffin"], 2) == round(got["moe"], 2) == 1.42
+    assert round(got["teal"], 2) == 1.65
+    assert ceiling(lm, "dense", 0.5) == 1.0 and ceiling(lm, "no-such-method", 0.5) is None
+
+
+def test_compare_speed_reports_the_median_of_alternating_pairs(lm):
+    from moyu_core.decode import compare_speed
+
+    r = compare_speed(lm, TEXT, make("griffin", keep=0.5), max_new_tokens=4, pairs=3)
+    assert len(r["ratios"]) == 3 and sorted(r["ratios"])[1] == r["speedup_median"]
+    assert r["label"] == "executed" and r["method"]["method"] == "griffin"
 
 
 def test_mlps_restored_when_a_method_raises(lm):

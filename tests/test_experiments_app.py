@@ -37,11 +37,15 @@ def test_experiments_page_shows_stored_verdicts_and_runs(exp_db):
     assert not at.exception, [e.value for e in at.exception]
     text = " ".join(m.value for m in at.markdown)
     assert "sequential input strengthens inertia" in text
+    assert "equivalence margin" in text and "n = 2 vs 2 texts" in text   # the margin and n are printed
+    captions = " ".join(c.value for c in at.caption)
+    assert "«⏎»" in captions                                            # smollm2's parallel context
     infos = " ".join(i.value for i in at.info)
     assert "relu-swiglu" in infos  # no comparison stored: a hint, not an error
     # run the ablation form with the smallest settings
     at.number_input(key="ablation_texts").set_value(2)
     at.button(key="ablation_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "earliest heavy hitter" in " ".join(m.value for m in at.markdown)
+    text = " ".join(m.value for m in at.markdown)
+    assert "sink excluded\\] ablating the earliest heavy hitter" in text and "n = 2 paired texts" in text
     assert not at.error, [e.value for e in at.error]

@@ -13,7 +13,7 @@ from moyu_core.methods.griffin import flocking_score
 TEXT = "The quick brown fox jumps over the lazy dog because it wants to reach the river before dark."
 FULL = {"dense": {}, "oracle": {"keep": 1.0}, "tda": {"keep": 1.0}, "cats": {"keep": 1.0},
         "cett": {"cett": 0.0}, "dejavu": {"keep": 1.0}, "griffin": {"keep": 1.0},
-        "moe": {"keep": 1.0}, "static": {"keep": 1.0}}
+        "moe": {"keep": 1.0}, "moe-oracle": {"keep": 1.0}, "static": {"keep": 1.0}, "teal": {"keep": 1.0}}
 
 
 def test_registry_errors():
@@ -70,7 +70,7 @@ def test_griffin_keeps_flocking_topk(lm):
 
 def test_sparse_methods_keep_about_keep(lm):
     ids = lm.encode(TEXT)
-    for name in ("oracle", "griffin", "moe", "static"):
+    for name in ("oracle", "griffin", "moe", "moe-oracle", "static"):
         m = keep_masks(lm, make(name, keep=0.5), ids)
         assert abs(m[:, 1:].mean() - 0.5) < 0.05, name
 
@@ -121,3 +121,63 @@ def test_keep_masks_without_a_forward_match_the_forward(lm):
     for name in ("cats", "moe", "dejavu"):
         assert keep_masks_from(lm, make(name, keep=0.5), layer_z=lambda i: z[i]) is None
     assert keep_masks_from(lm, make("tda", keep=0.5), inputs=inputs) is None
+
+
+def test_moe_router_reads_x_only_and_moe_oracle_reads_the_gate(lm):
+    """moe's router scores experts by x . centroid (no gate needed); moe-oracle by the exact gate;
+    both keep whole experts of the same clusters."""
+    from moyu_core.masks import method_inputs
+    from moyu_core.preparation import prepare
+
+    gate, x = method_inputs(lm, lm.encode(TEXT))
+    moe, oracle = prepare(lm, make("moe", keep=0.5)), prepare(lm, make("moe-oracle", keep=0.5))
+    a = moe.select(5, None, None, lm, x[5])
+    b = oracle.select(5, None, gate[5], lm, None)
+    ex = moe.resource(lm, "derived")[5]
+    assert torch.equal(ex.assign, oracle.resource(lm, "derived")[5].assign)
+    for m in (a, b):
+        per_expert = m[:, ex.members]                            # (T, E, d_ff / E)
+        assert (per_expert.all(-1) | ~per_expert.any(-1)).all()  # whole experts
+        assert (per_expert.all(-1).sum(-1) == 16).all()
+    assert ex.centroids.shape == (32, lm.d_model)
+    assert moe.needs == "x" and oracle.needs == "gate"
+    assert (moe.skips, oracle.skips) == ("mlp", "up_down")
+
+
+def test_teal_thresholds_every_projection_per_layer(lm):
+    """teal calibrates one threshold per layer and projection; uniform mode keeps about `keep`
+    of each input on held-out text."""
+    from moyu_core.evaluate import evaluate
+    from moyu_core.methods.teal import PROJECTIONS
+    from moyu_core.preparation import prepare
+
+    m = prepare(lm, make("teal", keep=0.5))
+    t = m.layer_thresholds(3, lm)
+    assert set(t) == set(PROJECTIONS) and all(v > 0 for v in t.values())
+    assert t["q"] == t["k"] == t["v"] and t["gate"] == t["up"]
+    r = evaluate(lm, m, None, windows=2, prompt_len=64, gen_len=32)
+    assert abs(r["sparsity"] - 0.5) <= 0.05 and r["ppl_ratio"] > 1.0
+
+
+def test_teal_greedy_allocation_follows_the_cheapest_error():
+    """TEAL's greedy allocation (pure, on a synthetic block): the projection whose sparsity costs
+    least is raised first, and the block's byte-weighted sparsity reaches 1 - keep."""
+    from moyu_core.methods.base import Sample
+    from moyu_core.methods.teal import GREEDY_STEP, PROJECTIONS
+
+    g = torch.Generator().manual_seed(0)
+    inputs = {p: torch.randn(256, 16, generator=g) for p in PROJECTIONS}
+    weights = {p: 16 * 16 for p in PROJECTIONS}
+    cost = {p: (0.1 if p == "down" else 1.0) for p in PROJECTIONS}
+
+    def block_error(th):   # error grows with each projection's threshold, down's ten times slower
+        return sum(cost[p] * th[p] for p in PROJECTIONS)
+
+    sample = Sample(z=inputs["down"], gate=inputs["down"], inputs=inputs, weights=weights, block_error=block_error)
+    m = make("teal", keep=0.8, greedy=True)
+    s = m.greedy_sparsities(sample)
+    assert s["down"] == max(s.values()) and s["down"] > 0
+    block = sum(s.values()) / len(s)
+    assert 0.2 - 1e-9 <= block < 0.2 + GREEDY_STEP + 1e-9
+    th = m.calibrate(0, sample, None)
+    assert set(th) == set(PROJECTIONS) and th["down"] > 0

@@ -1,5 +1,6 @@
-"""DejaVu router: history captured into the store, one safetensors file reused, honest held-out
-recall, the dejavu method reading it, and the train-router command (real default model, small
+"""DejaVu router: history captured into the store, one safetensors file reused, ~5% of the MLP,
+labels from float z, no overlap with the evaluation text, honest held-out recall with n and an
+interval, the dejavu method reading it, and the train-router command (real default model, small
 settings, a temporary router folder so the repo cache is never touched)."""
 from __future__ import annotations
 
@@ -32,10 +33,16 @@ def trained(lm, router_dir, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MOYU_ROUTER_DIR", str(router_dir))
     store = Store(tmp_path_factory.mktemp("db") / "router.duckdb")
+
+    def no_stored_z(*a, **k):
+        raise AssertionError("router labels must come from z recomputed in float, not the stored int8 z")
+
     try:
         assert router.history_runs(lm, store) == []
         seen = []
-        report = router.train(lm, store, progress=lambda f, m: seen.append((f, m)), **SMALL)
+        with pytest.MonkeyPatch.context() as labels_from_float:
+            labels_from_float.setattr(store, "activations", no_stored_z)
+            report = router.train(lm, store, progress=lambda f, m: seen.append((f, m)), **SMALL)
         yield store, report, seen
     finally:
         store.close()
@@ -57,6 +64,45 @@ def test_history_is_captured_into_the_store_when_too_little(lm, trained):
     assert not any(text[:200] in t for t in topics.values())
     fracs = [f for f, _ in seen]
     assert fracs == sorted(fracs) and fracs[-1] == 1.0
+
+
+def test_router_is_about_five_percent_of_the_mlp_and_larger_ranks_are_refused(lm, trained, routers):
+    from moyu_core import router
+    from moyu_core.errors import MoyuError
+
+    mlp = 3 * lm.d_model * lm.d_ff
+    assert router.default_rank(lm) == 62                            # smollm2: 62 x (576 + 1536) = 4.9%
+    assert 0.045 < router.size_share(lm, router.default_rank(lm)) <= 0.05
+    _, report, _ = trained
+    assert report["router_params"] == SMALL["rank"] * (lm.d_model + lm.d_ff) and report["mlp_params"] == mlp
+    assert report["router_share"] == pytest.approx(report["router_params"] / mlp) and report["router_share"] <= 0.10
+    assert "of the MLP" in router.report_text(report)
+    with pytest.raises(MoyuError, match="at most 10%"):
+        router.train(lm, trained[0], rank=200, steps=1, min_tokens=1)
+
+
+def test_history_overlapping_the_evaluation_text_refuses_training(lm, tmp_path, monkeypatch):
+    from moyu_core import router
+    from moyu_core.corpora import pydoc_topics
+    from moyu_core.errors import MoyuError
+    from moyu_core.evaluate import corpus_ids, windows_of
+    from moyu_core.runs import capture_run
+    from moyu_core.store import Store
+
+    monkeypatch.setenv("MOYU_ROUTER_DIR", str(tmp_path / "routers"))
+    store = Store(tmp_path / "leak.duckdb")
+    try:
+        leaked = lm.tokenizer.decode(windows_of(corpus_ids(lm), 12, 320)[3][:200])   # an evaluation window
+        rid = capture_run(lm, store, leaked).run_id
+        with pytest.raises(MoyuError, match=f"overlaps the evaluation text.*{rid}"):
+            router.train(lm, store, rank=8, steps=1, min_tokens=64, heldout=2)
+        assert not router.router_path(lm).exists()
+        clean = capture_run(lm, store, "Colourless green ideas sleep furiously while the cat naps on a warm mat "
+                                       "beside a quiet river in the late afternoon sun.").run_id
+        assert router.check_no_overlap(lm, {clean: [t for t, _ in store.tokens(clean)]})["shared_ngrams"] == 0
+        assert pydoc_topics()  # the reference the check uses
+    finally:
+        store.close()
 
 
 def test_router_file_is_one_safetensors_and_second_train_reuses_it(lm, trained, routers):
@@ -81,10 +127,30 @@ def test_router_file_is_one_safetensors_and_second_train_reuses_it(lm, trained, 
     loaded = router.load_router(lm)
     assert loaded is router.load_router(lm)  # cached in memory
     assert loaded.w1[0].dtype == torch.float32 and len(loaded.w2) == lm.n_layers
+    assert meta["version"] == str(router.VERSION) == "2"
+
+
+def test_a_router_of_an_older_version_is_not_loaded(lm, trained, tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from moyu_core import router
+
+    with safe_open(str(router.router_path(lm)), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    monkeypatch.setenv("MOYU_ROUTER_DIR", str(tmp_path / "old"))
+    (tmp_path / "old").mkdir()
+    save_file(tensors, str(router.router_path(lm)), metadata={**meta, "version": "1"})
+    assert router.load_router(lm) is None
 
 
 def test_recall_and_precision_are_stored_and_beat_random(trained):
     store, report, _ = trained
+    ci = report["recall_ci@0.5"]
+    assert ci["n"] == SMALL["heldout"] == report["heldout"]["windows"] and ci["unit"] == "held-out windows"
+    assert ci["lo"] <= report["recall@0.5"] <= ci["hi"] and ci["mean"] == pytest.approx(report["recall@0.5"])
+    assert report["overlap_check"]["shared_ngrams"] == 0 and report["overlap_check"]["runs"] == report["history_runs"]
     for keep in (0.5, 0.25):
         for name in (f"recall@{keep}", f"precision@{keep}"):
             assert 0.0 <= report[name] <= 1.0

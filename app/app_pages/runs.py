@@ -9,6 +9,7 @@ import ui_errors
 import ui_reads
 import ui_state
 import ui_store
+import ui_text
 
 
 def _label(r: dict) -> str:
@@ -39,7 +40,9 @@ def main() -> None:
         st.info("No runs match. Capture one on **Explore**." if not everything else "No runs match the filter.",
                 icon=":material/info:")
     else:
-        df = pd.DataFrame(runs)[["run_id", "created_at", "model", "mode", "method", "n_tokens", "dtype", "text"]]
+        df = pd.DataFrame(runs)
+        df["context"] = [ui_text.context_label(r["mode"], r["prefix"]) for r in runs]
+        df = df[["run_id", "created_at", "model", "mode", "context", "method", "n_tokens", "dtype", "text"]]
         df["text"] = df["text"].map(lambda t: " ".join(t.split())[:120])
         st.dataframe(df, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(df)),
                      column_config={"n_tokens": st.column_config.NumberColumn("tokens"),

@@ -9,7 +9,8 @@ HELP = "applicability: every method's quality at keep 0.5 on smollm2-135m and ge
 def add_arguments(p) -> None:
     p.add_argument("--keep", type=float, default=0.5)
     p.add_argument("--models", default="smollm2-135m,gemma3-270m")
-    p.add_argument("--windows", type=int, default=4)
+    p.add_argument("--windows", type=int, default=12, help="evaluation windows, the n of every interval "
+                   "(default %(default)s)")
     p.add_argument("--force", action="store_true")
 
 
@@ -20,6 +21,8 @@ def run(args) -> dict:
 
     if not 0 < args.keep <= 1:
         raise MoyuError("--keep must be in (0, 1]")
+    if args.windows < 2:
+        raise MoyuError("--windows must be at least 2 (intervals are taken over windows)")
     models.setup_compute()
     params = ap.ApplicabilityParams(keep=args.keep, windows=args.windows,
                                     models=tuple(m.strip() for m in args.models.split(",") if m.strip()))

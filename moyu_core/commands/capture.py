@@ -13,7 +13,9 @@ def add_arguments(p) -> None:
     p.add_argument("text", nargs="?", help="the prompt")
     p.add_argument("--file", help="a text file with one prompt per line")
     p.add_argument("--mode", default="sequential", choices=["sequential", "parallel"])
-    p.add_argument("--prefix", default="", help="shared prefix for parallel input")
+    p.add_argument("--prefix", default="",
+                   help="context before the prompt; in parallel input before every token (default there: "
+                        "the model's BOS, else one newline token, so no token sits at position 0)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--dtype", default="int8", choices=["int8", "float16", "float32"])
     p.add_argument("--max-tokens", type=int, default=None, help="prompt length limit (default 2048)")

@@ -9,12 +9,17 @@ HELP = "activation inertia (paper Figure 2): sentences vs random words, parallel
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--texts", type=int, default=8, help="texts of each kind (default 8)")
+    from ..experiments.stats import MARGIN_D
+
+    p.add_argument("--texts", type=int, default=30, help="texts of each kind (default %(default)s)")
     p.add_argument("--tokens", type=int, default=40, help="tokens per text (default 40)")
     p.add_argument("--fraction", type=float, default=0.1, help="top fraction of |z| that counts as active")
     p.add_argument("--layers", default="", help="comma-separated layer indices (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prefix", default="", help="shared prefix for parallel input")
+    p.add_argument("--prefix", default="",
+                   help="context before every text (default: the model's BOS, else one newline token)")
+    p.add_argument("--margin-d", type=float, default=MARGIN_D,
+                   help="equivalence margin of the no-difference claim, in Cohen's d (default %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
 
 
@@ -34,8 +39,11 @@ def run(args) -> dict:
 
     if not 0 < args.fraction < 1:
         raise MoyuError("--fraction must be between 0 and 1")
+    if not args.margin_d > 0:
+        raise MoyuError("--margin-d must be positive")
     params = inertia.InertiaParams(n_texts=args.texts, n_tokens=args.tokens, fraction=args.fraction,
-                                   layers=parse_layers(args.layers), seed=args.seed, prefix=args.prefix)
+                                   layers=parse_layers(args.layers), seed=args.seed, prefix=args.prefix,
+                                   margin_d=args.margin_d)
     store = Store(args.db)
     lm = models.load(args.model, progress=lambda m: print(m, file=sys.stderr))
     models.setup_compute()

@@ -11,11 +11,23 @@ HELP = "train the DejaVu router from stored activations (captures history if too
 def add_arguments(p) -> None:
     from ..router import DEFAULT_MIN_TOKENS, DEFAULT_STEPS
 
-    p.add_argument("--rank", type=int, default=None, help="router rank r (default max(64, d_ff // 4))")
+    p.add_argument("--rank", type=int, default=None,
+                   help="router rank r (default: the router is 5%% of the MLP's parameters; at most 10%%)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Adam steps per layer (default %(default)s)")
     p.add_argument("--min-tokens", type=int, default=DEFAULT_MIN_TOKENS,
                    help="tokens of history to train on (default %(default)s)")
     p.add_argument("--force", action="store_true", help="retrain even if a matching router file exists")
+
+
+def progress_printer():
+    """progress(fraction, message) that prints each new message to stderr as '[ 40%] message'."""
+    last = [""]
+
+    def progress(frac: float, msg: str = "") -> None:
+        if msg != last[0]:
+            last[0] = msg
+            print(f"[{frac:4.0%}] {msg}", file=sys.stderr)
+    return progress
 
 
 def run(args) -> dict:
@@ -29,23 +41,9 @@ def run(args) -> dict:
     store = Store(args.db)
     lm = models.load(args.model, progress=lambda m: print(m, file=sys.stderr))
     models.setup_compute()
-    last = [""]
-
-    def progress(frac: float, msg: str = "") -> None:
-        if msg != last[0]:
-            last[0] = msg
-            print(f"[{frac:4.0%}] {msg}", file=sys.stderr)
-
     r = router.train(lm, store, rank=args.rank, steps=args.steps, min_tokens=args.min_tokens,
-                     progress=progress, force=args.force)
+                     progress=progress_printer(), force=args.force)
     store.close()
     out = dict(r)
-    out["text_summary"] = (
-        f"router {r['path']}{' (reused)' if r['cached'] else ''}: rank {r['rank']}, {r['steps']} steps, "
-        f"{r['tokens_trained']} tokens, {r['seconds']:.1f} s\n"
-        f"held-out top-k recall (= precision) at keep 0.5: {r['recall@0.5']:.3f} "
-        f"(static {r['static_recall@0.5']:.3f}, random 0.5); at keep 0.25: {r['recall@0.25']:.3f} "
-        f"(static {r['static_recall@0.25']:.3f}, random 0.25)\n"
-        f"classifier (logit > 0 vs top-50% label): recall {r['clf_recall']:.3f}, "
-        f"precision {r['clf_precision']:.3f}")
+    out["text_summary"] = router.report_text(r)
     return out

@@ -1,23 +1,28 @@
 """Applicability across architectures (the paper's "impossible trinity"): every registered DA
 method's quality at the same keep on each shipped model, side by side. Uses the methods registry
-and the quality protocol (moyu_core.evaluate); each evaluation is cached by evaluate itself
-(results kind "eval"), the table by this module."""
+and the quality protocol (moyu_core.evaluate) on 12 windows by default; every cell carries n (the
+windows) and a 95% t interval over windows: for the perplexity ratio, exp of the interval of the
+per-window mean log ratio (its mean is exactly the protocol's log ratio), for KL and top-1 the
+interval of the per-window values. Each evaluation is cached by evaluate itself (results kind
+"eval"; an entry stored before per-window values existed is recomputed), the table by this module."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .. import methods, models
 from ..errors import MoyuError
-from . import common
+from . import common, stats
 
 KIND = "experiment:applicability"
+VERSION = 3  # 3: 12 windows, intervals over windows
 
 
 @dataclass(frozen=True)
 class ApplicabilityParams:
     keep: float = 0.5
     models: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")
-    windows: int = 4
+    windows: int = 12
     prompt_len: int = 128
     gen_len: int = 32
     train_router: bool = True   # train a missing DejaVu router from the store (minutes per model)
@@ -34,8 +39,26 @@ def _prepare_router(lm, store, p: ApplicabilityParams, progress) -> None:
                      if progress else None)
 
 
-def measure(p: ApplicabilityParams, store=None, progress=None) -> dict:
+def intervals(r: dict) -> dict:
+    """Per-window intervals of one evaluation: ppl ratio, KL, top-1 agreement, n = windows."""
+    w = r["per_window"]
+    log_ratio = stats.mean_ci([x["nll"] - x["dense_nll"] for x in w])
+    ratio = {"mean": math.exp(log_ratio["mean"]), "lo": math.exp(log_ratio["lo"]),
+             "hi": math.exp(log_ratio["hi"]), "n": log_ratio["n"], "interval": "exp of a t interval of the log"}
+    return {"ppl_ratio_ci": ratio, "kl_ci": stats.mean_ci([x["kl"] for x in w]),
+            "top1_ci": stats.mean_ci([x["top1_agree"] for x in w])}
+
+
+def _evaluate(lm, method, store, p: ApplicabilityParams) -> dict:
     from ..evaluate import evaluate
+    kw = dict(windows=p.windows, prompt_len=p.prompt_len, gen_len=p.gen_len)
+    r = evaluate(lm, method, store=store, **kw)
+    return r if "per_window" in r else evaluate(lm, method, store=None, **kw)
+
+
+def measure(p: ApplicabilityParams, store=None, progress=None) -> dict:
+    if p.windows < 2:
+        raise MoyuError("applicability needs at least 2 windows (intervals are taken over windows)")
     table, errors = [], {}
     names = sorted(methods.REGISTRY)
     for mi, model in enumerate(p.models):
@@ -47,10 +70,10 @@ def measure(p: ApplicabilityParams, store=None, progress=None) -> dict:
         _prepare_router(lm, store, p, progress)
         for ni, name in enumerate(names):
             try:
-                r = evaluate(lm, _make(name, p.keep), store=store, windows=p.windows,
-                             prompt_len=p.prompt_len, gen_len=p.gen_len)
+                r = _evaluate(lm, _make(name, p.keep), store, p)
+                figures = ("ppl", "dense_ppl", "ppl_ratio", "kl", "top1_agree", "sparsity")
                 table.append({"model": model, "method": name, "params": r.get("params"),
-                              **{k: r.get(k) for k in ("ppl", "dense_ppl", "ppl_ratio", "kl", "top1_agree", "sparsity")}})
+                              "windows": len(r["per_window"]), **{k: r.get(k) for k in figures}, **intervals(r)})
             except MoyuError as e:  # one method failing on one architecture is itself a finding
                 table.append({"model": model, "method": name, "error": str(e).splitlines()[0][:200]})
             if progress:
@@ -65,7 +88,7 @@ def run(store=None, params: ApplicabilityParams = ApplicabilityParams(), progres
             fps[m] = models.resolve(m)[1]
         except MoyuError:
             fps[m] = None
-    key = {"params": asdict(params), "fingerprints": fps, "methods": sorted(methods.REGISTRY), "version": 2}
+    key = {"params": asdict(params), "fingerprints": fps, "methods": sorted(methods.REGISTRY), "version": VERSION}
     res = common.cached(store, KIND, key, lambda: measure(params, store, progress), force=force)
     return {"experiment": "applicability", "params": asdict(params), **res}
 
@@ -73,13 +96,17 @@ def run(store=None, params: ApplicabilityParams = ApplicabilityParams(), progres
 def summary_text(res: dict) -> str:
     if "skipped" in res:
         return f"applicability skipped: {res['skipped']}"
-    lines = [f"method quality at keep {res['params']['keep']} (ppl ratio to dense; top-1 agreement)"]
+    p = res["params"]
+    lines = [f"method quality at keep {p['keep']}: ppl ratio to dense and top-1 agreement with 95% t intervals "
+             f"over n = {p['windows']} windows ({p['prompt_len']} prompt + {p['gen_len']} continuation tokens)"]
     for row in res["table"]:
         if "error" in row:
             lines.append(f"  {row['model']:14s} {row['method']:8s} error: {row['error']}")
         else:
-            lines.append(f"  {row['model']:14s} {row['method']:8s} ppl ratio {row['ppl_ratio']:.3f}  "
-                         f"top-1 {row['top1_agree']:.3f}  sparsity {row['sparsity']:.3f}")
+            r, t = row["ppl_ratio_ci"], row["top1_ci"]
+            lines.append(f"  {row['model']:14s} {row['method']:8s} ppl ratio {r['mean']:.3f} [{r['lo']:.3f}, "
+                         f"{r['hi']:.3f}]  top-1 {t['mean']:.3f} [{t['lo']:.3f}, {t['hi']:.3f}]  "
+                         f"sparsity {row['sparsity']:.3f}  n = {row['windows']}")
     for m, e in res.get("model_errors", {}).items():
         lines.append(f"  {m}: not loaded ({e})")
     return "\n".join(lines)

@@ -33,32 +33,40 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / u) if u else 1.0
 
 
-def overlap_figures(z: np.ndarray, fraction: float = 0.1) -> dict:
+def overlap_figures(z: np.ndarray, fraction: float = 0.1, ids=None) -> dict:
     """For one layer's z (T, d_ff), first token already removed: mean pairwise Jaccard of the
     per-token top-`fraction` |z| sets, mean consecutive overlap |S_t ∩ S_t-1| / k, and the share of
-    the flocking score held by its top-`fraction` neurons."""
+    the flocking score held by its top-`fraction` neurons. With the token `ids` (T,), pairs of the
+    same token are left out of the first two: in parallel input their sets are identical by
+    construction, so a text that repeats tokens (sentences repeat "the", ",") would score higher
+    for that alone."""
     mask = top_mask(z, fraction)                      # (T, d_ff)
     m = mask.astype(np.float32)
     k = keep_count(z.shape[1], fraction)
+    ids = np.arange(len(m)) if ids is None else np.asarray(ids)
     inter = m @ m.T                                   # (T, T) intersection sizes
     iu = np.triu_indices(len(m), 1)
-    pair = inter[iu]
+    pair = inter[iu][ids[iu[0]] != ids[iu[1]]]
     jac = float((pair / (2 * k - pair)).mean()) if len(pair) else float("nan")
-    cons = float((m[1:] * m[:-1]).sum(axis=1).mean() / k) if len(m) > 1 else float("nan")
+    adjacent = (m[1:] * m[:-1]).sum(axis=1)[ids[1:] != ids[:-1]]
+    cons = float(adjacent.mean() / k) if len(adjacent) else float("nan")
     s = flocking_score(z)
     share = float(np.sort(s)[::-1][:k].sum() / s.sum()) if s.sum() > 0 else float("nan")
     return {"jaccard": jac, "consecutive": cons, "flocking_share": share}
 
 
 def sentence_texts(n: int, chars: int = 400, seed: int = 0) -> list[str]:
-    """`n` prose passages from pydoc_data.topics, each starting at a sentence boundary, at seeded
-    offsets spread over the corpus; passages that are mostly code or symbols are skipped."""
+    """`n` prose passages of `chars` characters from pydoc_data.topics, each starting at a sentence
+    boundary, at seeded offsets spread over the corpus; passages that are mostly code or symbols
+    are skipped."""
     text = pydoc_prose()
     starts = [m.end() for m in re.finditer(r"\. (?=[A-Z][a-z]+ [a-z]+ [a-z]+)", text)]
     rng = random.Random(seed)
     out: list[str] = []
     for s in rng.sample(starts, len(starts)):
         piece = text[s:s + chars]
+        if len(piece) < chars:  # too near the end of the corpus
+            continue
         letters = sum(c.isalpha() or c == " " for c in piece) / max(1, len(piece))
         if letters > 0.93 and not re.search(r"[=*>|]{2,}|=", piece):
             out.append(piece)

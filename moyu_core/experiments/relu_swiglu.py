@@ -1,16 +1,25 @@
-"""ReLU versus SwiGLU on a controlled pair (paper Section 3 and limitation 1).
+"""ReLU versus SwiGLU on controlled pairs (paper Section 3 and limitation 1).
 
-Two tiny Llama LMs that differ only in the MLP activation: `hidden_act="relu"` (ReGLU: relu(gate)
+Pairs of tiny Llama LMs that differ only in the MLP activation: `hidden_act="relu"` (ReGLU: relu(gate)
 * up) versus `"silu"` (SwiGLU). Both are gated so that they have exactly the same parameter count,
 the same module paths (hooks, methods and loading work unchanged: each is a plain
-LlamaForCausalLM folder) and the same data, seed, initialisation and step budget. ReLU on the gate
-is what makes z exactly zero, so the pair isolates the paper's variable: the activation function.
+LlamaForCausalLM folder) and, within a seed, the same initialisation seed, batches, step count and
+learning-rate schedule. ReLU on the gate is what makes z exactly zero, so a pair isolates the
+paper's variable: the activation function. One pair per seed, at least 3 seeds by default.
+
+Step budget, fixed before any model trains (`step_budget`): `probe_steps` timed steps of each
+activation (after one warm-up step) give the slower step time; the budget is
+min(steps, cap / that time). Every model of every seed then trains exactly that many steps under
+the same schedule (linear warm-up over 50 steps, cosine decay over the budget); nothing stops
+early, so the time cap can shorten training but never makes the two activations differ.
 
 Data: `pydoc_data.topics` (ships with Python) tokenized with the smollm2 tokenizer; 90% train,
 10% held out. Saved as Hugging Face folders (safetensors) under cache/trained/ and registered
-with models.register_model. Compared on both trained models and on smollm2-135m and gemma3-270m:
-activation sparsity (exact zeros, near zeros) and a DejaVu-style router's recall of the true
-top-k neurons at the same keep."""
+with models.register_model. Compared on every trained model and, as reference figures, on
+smollm2-135m and gemma3-270m: activation sparsity (exact zeros, near zeros) and a DejaVu-style
+router's recall of the true top-k neurons at the same keep, the router sized like moyu's
+(`router.rank_for`, ~5% of the MLP's parameters). Verdicts: per model, the mean over its layers;
+intervals across seeds, paired by seed (never across the layers of one model)."""
 from __future__ import annotations
 
 import json
@@ -25,11 +34,15 @@ from .. import hooks, models
 from ..corpora import pydoc_ids
 from ..errors import MoyuError
 from ..keep import keep_count
+from ..analysis import top_mask
+from ..router import DEFAULT_SHARE, fit, rank_for
 from . import common, stats
 
 KIND = "experiment:relu_swiglu"
-TRAINED_DIR = models.CACHE_DIR / "trained"
-PAIR = {"tiny-relu": "relu", "tiny-swiglu": "silu"}
+VERSION = 2  # 2: seeds, step budget fixed before training, intervals across seeds, router ~5% of the MLP
+TRAINED_DIR = models.TRAINED_DIR
+PAIR = {"relu": "relu", "swiglu": "silu"}   # name part -> hidden_act
+WARMUP = 50
 
 
 @dataclass(frozen=True)
@@ -41,11 +54,12 @@ class TrainParams:
     d_ff: int = 384
     seq_len: int = 128
     batch: int = 8
-    steps: int = 1200          # the shared step budget
-    max_minutes: float = 15.0  # wall-clock cap for the first (ReLU) model; the second gets its steps
+    steps: int = 1200          # requested step budget (the cap may lower it, for every model alike)
+    max_minutes: float = 15.0  # wall-clock cap per model, turned into a step count before training
     lr: float = 3e-3
-    seed: int = 0
-    suffix: str = ""           # appended to the model names (tests train their own pair)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    probe_steps: int = 3       # timed steps per activation that fix the budget
+    suffix: str = ""           # appended to the model names (tests train their own pairs)
 
 
 @dataclass(frozen=True)
@@ -55,9 +69,9 @@ class CompareParams:
     train_tokens: int = 2048   # router training tokens (from the training split)
     test_tokens: int = 512     # router held-out tokens
     n_layers: int = 4          # layers evenly spaced over the depth
-    router_rank: int = 128
+    router_share: float = DEFAULT_SHARE   # router parameters / MLP parameters
     router_steps: int = 300
-    models: tuple[str, ...] = ("tiny-relu", "tiny-swiglu", "smollm2-135m", "gemma3-270m")
+    models: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")   # reference models (no seeds)
     seed: int = 0
 
 
@@ -66,51 +80,77 @@ def _split(ids: list[int]) -> tuple[list[int], list[int]]:
     return ids[:cut], ids[cut:]
 
 
-def model_names(p: TrainParams) -> dict[str, str]:
-    return {f"{n}{p.suffix}": act for n, act in PAIR.items()}
+def model_names(p: TrainParams) -> dict[str, tuple[str, int]]:
+    """name -> (hidden_act, seed), e.g. tiny-relu-s0: relu, seed 0."""
+    return {f"tiny-{n}-s{seed}{p.suffix}": (act, seed) for seed in p.seeds for n, act in PAIR.items()}
 
 
-def register_trained() -> list[str]:
-    """Register every trained folder under cache/trained/ (done on import of this module)."""
-    out = []
-    if TRAINED_DIR.is_dir():
-        for d in sorted(TRAINED_DIR.iterdir()):
-            if (d / "config.json").exists() and (d / "moyu_training.json").exists():
-                models.register_model(d.name, d)
-                out.append(d.name)
-    return out
+def lr_at(p: TrainParams, step: int, steps: int) -> float:
+    """The one schedule: linear warm-up over WARMUP steps, cosine decay over the budget."""
+    return p.lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
-def _train_one(name: str, act: str, p: TrainParams, tokenizer, train_ids: np.ndarray,
-               held_ids: np.ndarray, steps: int, progress=None, capped: bool = True) -> dict:
+def _new_model(act: str, seed: int, p: TrainParams, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(p.seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=p.hidden, intermediate_size=p.d_ff,
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=p.hidden, intermediate_size=p.d_ff,
                       num_hidden_layers=p.layers, num_attention_heads=p.heads, num_key_value_heads=p.kv_heads,
                       max_position_embeddings=max(256, p.seq_len), hidden_act=act, tie_word_embeddings=True,
                       attn_implementation="eager", bos_token_id=None, eos_token_id=None)
     model = LlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.01)
-    rng = np.random.default_rng(p.seed)  # same batches for both models
-    t0, done, loss = time.monotonic(), 0, math.nan
     model.train()
+    return model, torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.01)
+
+
+def _step(model, opt, x: torch.Tensor, lr: float) -> float:
+    for g in opt.param_groups:
+        g["lr"] = lr
+    out = model(x, labels=x)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(out.loss.detach())
+
+
+def _batch(rng, train_ids: np.ndarray, p: TrainParams) -> torch.Tensor:
+    starts = rng.integers(0, len(train_ids) - p.seq_len - 1, size=p.batch)
+    return torch.from_numpy(np.stack([train_ids[s:s + p.seq_len] for s in starts]).astype(np.int64))
+
+
+def step_budget(p: TrainParams, vocab: int, train_ids: np.ndarray) -> dict:
+    """Time `probe_steps` steps of each activation (after a warm-up step) on throwaway models and
+    fix the step count every model will train: min(steps, cap / slower step time)."""
+    per_step = 0.0
+    with torch.random.fork_rng(devices=[]):
+        for act in PAIR.values():
+            model, opt = _new_model(act, 0, p, vocab)
+            rng = np.random.default_rng(0)
+            _step(model, opt, _batch(rng, train_ids, p), p.lr)
+            t0 = time.perf_counter()
+            for _ in range(p.probe_steps):
+                _step(model, opt, _batch(rng, train_ids, p), p.lr)
+            per_step = max(per_step, (time.perf_counter() - t0) / p.probe_steps)
+    cap_steps = int(p.max_minutes * 60 / per_step) if per_step > 0 else p.steps
+    steps = max(1, min(p.steps, cap_steps))
+    return {"requested": p.steps, "cap_minutes": p.max_minutes, "seconds_per_step": per_step,
+            "steps": steps, "capped": steps < p.steps, "schedule": f"linear warm-up {WARMUP} steps, "
+            f"cosine decay over {steps} steps, peak lr {p.lr:g}"}
+
+
+def _train_one(name: str, act: str, seed: int, p: TrainParams, tokenizer, train_ids: np.ndarray,
+               held_ids: np.ndarray, budget: dict, progress=None) -> dict:
+    steps = budget["steps"]
+    model, opt = _new_model(act, seed, p, len(tokenizer))
+    rng = np.random.default_rng(seed)  # the same batches for both activations of a seed
+    t0, loss, lr_sum = time.monotonic(), math.nan, 0.0
     for step in range(steps):
-        if capped and time.monotonic() - t0 > p.max_minutes * 60:
-            break
-        lr = p.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        starts = rng.integers(0, len(train_ids) - p.seq_len - 1, size=p.batch)
-        x = torch.from_numpy(np.stack([train_ids[s:s + p.seq_len] for s in starts]).astype(np.int64))
-        out = model(x, labels=x)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss, done = float(out.loss.detach()), step + 1
+        lr = lr_at(p, step, steps)
+        lr_sum += lr
+        loss = _step(model, opt, _batch(rng, train_ids, p), lr)
         if progress:
-            progress(done / steps)
+            progress(step + 1, steps, time.monotonic() - t0)
     seconds = time.monotonic() - t0
     model.eval()
     with torch.inference_mode():  # held-out loss on fixed windows
@@ -121,37 +161,62 @@ def _train_one(name: str, act: str, p: TrainParams, tokenizer, train_ids: np.nda
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    info = {"name": name, "hidden_act": act, "params": sum(t.numel() for t in model.parameters()),
-            "steps": done, "seconds": round(seconds, 1), "final_train_loss": loss,
-            "held_out_loss": held, "held_out_ppl": math.exp(held), "train": asdict(p)}
+    info = {"name": name, "hidden_act": act, "seed": seed, "params": sum(t.numel() for t in model.parameters()),
+            "steps": steps, "lr_sum": lr_sum, "budget": budget, "seconds": round(seconds, 1),
+            "final_train_loss": loss, "held_out_loss": held, "held_out_ppl": math.exp(held), "train": asdict(p)}
     (folder / "moyu_training.json").write_text(json.dumps(info, indent=1))
     models.register_model(name, folder)
     return info
 
 
+def _stored(name: str, p: TrainParams) -> dict | None:
+    f = TRAINED_DIR / name / "moyu_training.json"
+    if not f.exists():
+        return None
+    info = json.loads(f.read_text())
+    return info if info.get("train") == json.loads(json.dumps(asdict(p))) else None
+
+
 def train_pair(p: TrainParams = TrainParams(), progress=None, force: bool = False) -> dict:
-    """Train (or reuse) the pair; returns {name: training info}. The ReLU model trains first, under
-    the wall-clock cap; the SwiGLU model then gets exactly the number of steps the first completed
-    (no cap), so both have the same step budget. A stored model is reused when its training
-    parameters match (and, for the second, its step count equals the first's)."""
+    """Train (or reuse) one ReLU/SwiGLU pair per seed; returns {"models": {name: info}, "budget"}.
+    Stored models are reused when all of them match `p` and share one step count; otherwise the
+    budget is measured first and every model not trained with exactly that many steps is trained.
+    progress(fraction, message) reports the step and the estimated time left."""
+    if len(p.seeds) < 1 or len(set(p.seeds)) != len(p.seeds):
+        raise MoyuError("give one or more distinct seeds")
+    names = model_names(p)
+    stored = {n: None if force else _stored(n, p) for n in names}
+    if all(stored.values()) and len({i["steps"] for i in stored.values()}) == 1:
+        for n in names:
+            models.register_model(n, TRAINED_DIR / n)
+        return {"models": {n: {**i, "cached": True} for n, i in stored.items()},
+                "budget": next(iter(stored.values()))["budget"]}
+    tok = models.load("smollm2-135m").tokenizer
+    train_ids, held = (np.asarray(a, dtype=np.int64) for a in _split(pydoc_ids(tok)))
+    if progress:
+        progress(0.0, "timing a few steps of each activation to fix the step budget")
+    budget = step_budget(p, len(tok), train_ids)
+    todo = [n for n in names if not (stored[n] and stored[n]["steps"] == budget["steps"])]
     infos: dict = {}
-    data = None
-    steps = None  # None: the first model, capped by max_minutes
-    for n, act in model_names(p).items():
-        f = TRAINED_DIR / n / "moyu_training.json"
-        info = json.loads(f.read_text()) if f.exists() and not force else None
-        if info and info.get("train") == asdict(p) and (steps is None or info["steps"] == steps):
-            models.register_model(n, f.parent)
-            infos[n] = {**info, "cached": True}
-        else:
-            if data is None:
-                tok = models.load("smollm2-135m").tokenizer
-                train_ids, held = _split(pydoc_ids(tok))
-                data = (tok, np.asarray(train_ids, dtype=np.int64), np.asarray(held, dtype=np.int64))
-            infos[n] = _train_one(n, act, p, data[0], data[1], data[2], p.steps if steps is None else steps, progress,
-                                  capped=steps is None)
-        steps = infos[n]["steps"]
-    return infos
+    for n in names:
+        if n not in todo:
+            models.register_model(n, TRAINED_DIR / n)
+            infos[n] = {**stored[n], "cached": True}
+    for k, n in enumerate(todo):
+        act, seed = names[n]
+
+        def report(done, steps, elapsed, k=k, n=n):
+            if progress and (done == steps or done % 10 == 0):
+                left = elapsed / done * (steps - done) + elapsed / done * steps * (len(todo) - k - 1)
+                progress((k + done / steps) / len(todo),
+                         f"{n} ({k + 1}/{len(todo)}): step {done}/{steps}, about {left / 60:.1f} min left")
+        infos[n] = {**_train_one(n, act, seed, p, tok, train_ids, held, budget, report), "cached": False}
+    return {"models": {n: infos[n] for n in names}, "budget": budget}
+
+
+def estimate_minutes(p: TrainParams) -> float:
+    """Upper bound of the training time before the budget is measured: every model at the cap."""
+    return 2 * len(p.seeds) * p.max_minutes
 
 
 # ---- comparison -------------------------------------------------------------------------------
@@ -190,37 +255,24 @@ def sparsity(z: np.ndarray, near_zero: float) -> dict:
 
 
 def router_recall(x_tr, z_tr, x_te, z_te, keep: float, rank: int, steps: int, seed: int) -> dict:
-    """A DejaVu-style predictor Linear(d, r) -> Linear(r, d_ff), no bias, trained with weighted BCE
-    on labels 'in the token's top-k of |z|'; recall of its top-k against the true top-k on held-out
-    tokens (k = keep * d_ff). x (N, d), z (N, d_ff)."""
-    torch.manual_seed(seed)
-    d, dff = x_tr.shape[1], z_tr.shape[1]
-    k = keep_count(dff, keep)
-
-    def labels(z):
-        t = torch.from_numpy(np.abs(z))
-        y = torch.zeros_like(t)
-        y.scatter_(1, t.topk(k, dim=1).indices, 1.0)
-        return y
-
-    xt, yt = torch.from_numpy(x_tr), labels(z_tr)
-    mu, sd = xt.mean(0), xt.std(0) + 1e-6
-    net = torch.nn.Sequential(torch.nn.Linear(d, rank, bias=False), torch.nn.Linear(rank, dff, bias=False))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    pos_w = torch.tensor((1 - keep) / keep)
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net((xt - mu) / sd), yt, pos_weight=pos_w)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    """moyu's DejaVu router (`router.fit`: Linear(d, r) -> Linear(r, d_ff), no bias, weighted BCE)
+    trained on labels 'in the token's top-k of |z|'; recall of its top-k against the true top-k on
+    held-out tokens (k = keep * d_ff), and what a static choice (the k neurons most often in the
+    training top-k) gets. x (N, d), z (N, d_ff)."""
+    k = keep_count(z_tr.shape[1], keep)
+    y_tr = torch.from_numpy(top_mask(z_tr, keep))
+    y_te = torch.from_numpy(top_mask(z_te, keep))
+    w1, w2 = fit(torch.from_numpy(x_tr), y_tr, rank, steps, seed)
     with torch.no_grad():
-        pred = net((torch.from_numpy(x_te) - mu) / sd).topk(k, dim=1).indices
-    ye = labels(z_te)
-    hit = ye.gather(1, pred).sum(1) / k                    # (N,)
-    # what a static choice (the k neurons most often in the training top-k) would get
-    static = yt.mean(0).topk(k).indices
-    hit_static = ye[:, static].sum(1) / k
-    return {"recall": float(hit.mean()), "static_recall": float(hit_static.mean()), "random_recall": k / dff}
+        pred = ((torch.from_numpy(x_te) @ w1.T) @ w2.T).topk(k, dim=1).indices
+    hit = y_te.gather(1, pred).float().sum(1) / k                     # (N,)
+    hit_static = y_te[:, y_tr.float().mean(0).topk(k).indices].float().sum(1) / k
+    return {"recall": float(hit.mean()), "static_recall": float(hit_static.mean()), "random_recall": k / z_tr.shape[1]}
+
+
+def _training_info(name: str) -> dict | None:
+    f = TRAINED_DIR / name / "moyu_training.json"
+    return json.loads(f.read_text()) if f.exists() else None
 
 
 def _compare_one(lm, p: CompareParams) -> dict:
@@ -230,68 +282,94 @@ def _compare_one(lm, p: CompareParams) -> dict:
     x_te, z_te = _gather(lm, _windows(lm, p.test_tokens, 0.95), layers)
     x_tr, z_tr = x_tr[:, :p.train_tokens], z_tr[:, :p.train_tokens]
     x_te, z_te = x_te[:, :p.test_tokens], z_te[:, :p.test_tokens]
+    rank = rank_for(lm.d_model, lm.d_ff, lm.gated, p.router_share)
     per_layer = []
     for j, layer in enumerate(layers):
-        r = router_recall(x_tr[j], z_tr[j], x_te[j], z_te[j], p.keep, min(p.router_rank, x_tr.shape[-1]),
-                          p.router_steps, p.seed)
+        r = router_recall(x_tr[j], z_tr[j], x_te[j], z_te[j], p.keep, rank, p.router_steps, p.seed)
         per_layer.append({"layer": layer, **sparsity(z_te[j:j + 1], p.near_zero), **r})
     mean = {k: float(np.mean([row[k] for row in per_layer])) for k in per_layer[0] if k != "layer"}
+    info = _training_info(lm.name)
     return {"model": lm.name, "hidden_act": getattr(lm.model.config, "hidden_act",
                                                      getattr(lm.model.config, "hidden_activation", "?")),
-            "layers": layers, "per_layer": per_layer, **mean,
-            "recall_ci": stats.mean_ci([row["recall"] for row in per_layer], p.seed)}
+            "seed": info.get("seed") if info else None, "router_rank": rank,
+            "layers": layers, "per_layer": per_layer, **mean}
 
 
-def compare(p: CompareParams, store=None, progress=None, force: bool = False) -> dict:
+def compare(p: CompareParams, pair: tuple[str, ...] = (), store=None, progress=None, force: bool = False) -> dict:
+    """Sparsity and router recall of every trained model in `pair` and of the reference models in
+    p.models (one cached result per model), and the verdicts across seeds."""
     out, skipped = {}, {}
-    for i, name in enumerate(p.models):
+    names = list(pair) + [m for m in p.models if m not in pair]
+    for i, name in enumerate(names):
         try:
             lm = models.load(name)
         except Exception as e:  # a model that is not available here is reported, not fatal
             skipped[name] = str(e).splitlines()[0][:200]
             continue
-        key = {"params": {**asdict(p), "models": None}, "model": lm.fingerprint, "version": 1}
+        key = {"params": {**asdict(p), "models": None}, "model": lm.fingerprint, "version": VERSION}
         out[name] = common.cached(store, KIND + ":model", key, lambda: _compare_one(lm, p), model=name, force=force)
         if progress:
-            progress((i + 1) / len(p.models))
-    return {"models": out, "skipped": skipped, "verdicts": verdicts(out, p)}
+            progress((i + 1) / len(names), f"compared {name}")
+    return {"models": out, "pair": list(pair), "skipped": skipped, "verdicts": verdicts(out, p)}
+
+
+def by_seed(res: dict) -> dict[str, dict[int, dict]]:
+    """The trained models' results grouped by activation ('relu', 'silu') and seed."""
+    out: dict[str, dict[int, dict]] = {"relu": {}, "silu": {}}
+    for r in res.values():
+        act = str(r.get("hidden_act"))
+        if r.get("seed") is not None and act in out:
+            out[act][int(r["seed"])] = r
+    return out
 
 
 def verdicts(res: dict, p: CompareParams) -> dict:
     """Limitation 1: a router trained on history predicts ReLU activations well and SwiGLU ones
-    poorly. Judged on the controlled pair (per-layer recall, paired by layer), plus sparsity."""
-    relu = [n for n, r in res.items() if str(r.get("hidden_act")) == "relu"]
-    silu = [n for n, r in res.items() if str(r.get("hidden_act")) == "silu" and n.startswith("tiny-")]
-    out = {}
-    if relu and silu:
-        a, b = res[relu[0]], res[silu[0]]
-        ra = np.array([r["recall"] for r in a["per_layer"]])
-        rb = np.array([r["recall"] for r in b["per_layer"]])
-        out["limitation_1_router"] = stats.verdict_greater(
-            f"a DejaVu router recalls the true top-{p.keep:g} better on ReLU than on SwiGLU ({relu[0]} vs {silu[0]})",
-            stats.diff_ci(ra, rb, p.seed, paired=True))
-        za = np.array([r["exact_zero"] for r in a["per_layer"]])
-        zb = np.array([r["exact_zero"] for r in b["per_layer"]])
-        out["relu_sparser"] = stats.verdict_greater(
-            f"ReLU activations are sparser (exact zeros) than SwiGLU ({relu[0]} vs {silu[0]})",
-            stats.diff_ci(za, zb, p.seed, paired=True))
-    else:
-        out["note"] = "the trained pair is missing: run `python -m moyu_core relu-swiglu` to train it"
-    return out
+    poorly; and ReLU makes exact zeros. Per model the mean over its layers; paired t intervals
+    across seeds (a seed's two models share initialisation seed, batches and steps)."""
+    g = by_seed(res)
+    seeds = sorted(set(g["relu"]) & set(g["silu"]))
+    if len(seeds) < 2:
+        return {"note": "fewer than 2 seeds with both a ReLU and a SwiGLU model: run `python -m moyu_core "
+                        "relu-swiglu` (3 seeds by default) to train the pairs"}
 
+    def diff(metric):
+        return stats.diff_ci([g["relu"][s][metric] for s in seeds], [g["silu"][s][metric] for s in seeds],
+                             paired=True)
 
-register_trained()
+    return {
+        "limitation_1_router": stats.verdict_greater(
+            f"a DejaVu router recalls the true top-{p.keep:g} better on ReLU than on SwiGLU (same-seed pairs)",
+            diff("recall"), unit="seeds"),
+        "relu_sparser": stats.verdict_greater(
+            "ReLU activations are sparser (exact zeros) than SwiGLU (same-seed pairs)", diff("exact_zero"),
+            unit="seeds"),
+    }
 
 
 def summary_text(res: dict) -> str:
-    lines = ["ReLU vs SwiGLU (router keep %g)" % res["params"]["keep"]]
+    lines = [f"ReLU vs SwiGLU (router keep {res['params']['keep']:g}, router ~{DEFAULT_SHARE:.0%} of the MLP's "
+             f"parameters); intervals across seeds"]
+    b = res.get("budget")
+    if b:
+        lines.append(f"  step budget fixed before training: {b['steps']} steps for every model "
+                     f"(requested {b['requested']}, cap {b['cap_minutes']:g} min per model at "
+                     f"{b['seconds_per_step']:.3f} s/step{', capped' if b['capped'] else ''}); {b['schedule']}")
     for n, t in res.get("training", {}).items():
-        lines.append(f"  trained {n}: {t['hidden_act']}, {t['params']:,} params, {t['steps']} steps in "
-                     f"{t['seconds']} s, held-out ppl {t['held_out_ppl']:.1f}")
+        lines.append(f"  trained {n}: {t['hidden_act']}, seed {t['seed']}, {t['params']:,} params, {t['steps']} "
+                     f"steps in {t['seconds']} s, held-out ppl {t['held_out_ppl']:.1f}"
+                     f"{' (reused)' if t.get('cached') else ''}")
+    for act, rows in by_seed(res["models"]).items():
+        if rows:
+            zeros = stats.mean_ci([rows[s]["exact_zero"] for s in rows])
+            recall = stats.mean_ci([rows[s]["recall"] for s in rows])
+            lines.append(f"  {act:6s} over {len(rows)} seeds: exact zeros {stats.ci_text(zeros)}  "
+                         f"router recall {stats.ci_text(recall)}")
     for n, r in res["models"].items():
         lines.append(f"  {n:16s} ({r['hidden_act']}) exact zeros {r['exact_zero']:.3f}  near zeros "
-                     f"{r['near_zero']:.3f}  90% mass in {r['share_for_90pct_mass']:.3f}  router recall "
-                     f"{r['recall']:.3f} (static {r['static_recall']:.3f}, random {r['random_recall']:.3f})")
+                     f"{r['near_zero']:.3f}  90% mass in {r['share_for_90pct_mass']:.3f}  router (rank "
+                     f"{r['router_rank']}) recall {r['recall']:.3f} (static {r['static_recall']:.3f}, random "
+                     f"{r['random_recall']:.3f}), mean of {len(r['layers'])} layers")
     for n, why in res.get("skipped", {}).items():
         lines.append(f"  {n}: skipped ({why})")
     for v in res["verdicts"].values():

@@ -1,47 +1,160 @@
-"""Small statistics for the experiments: seeded bootstrap confidence intervals, effect sizes and
-verdicts computed only from the numbers (no scipy needed)."""
+"""Statistics for the experiments' verdicts (DESIGN.md, "Verdicts"), valid at small n, no scipy.
+
+- Intervals are Student-t: the mean of one sample or of paired differences, and Welch's interval
+  for two independent samples. The t quantile comes from the regularized incomplete beta function
+  (continued fraction, Numerical Recipes 6.4) and bisection.
+- A claim of a difference is *supported* when the 95% interval excludes 0 in the claimed
+  direction, *contradicted* when it excludes 0 the other way, else *not supported*.
+- A claim of no difference is judged by two one-sided tests (TOST) against a margin stated with
+  the verdict (default: Cohen's d 0.2 times the pooled sd, or the sd of the paired differences):
+  *supported* when the 90% interval lies inside ±margin (both one-sided tests at 5%), else
+  *inconclusive* (when the 95% interval lies wholly outside the margin, the verdict's strength says
+  that a difference larger than the margin is shown).
+Every interval carries its n; every verdict text prints n, the interval and, for equivalence,
+the margin and how it was converted to raw units.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-N_BOOT = 2000
 ALPHA = 0.05
+MARGIN_D = 0.2   # default equivalence margin, in Cohen's d
 
 
-def mean_ci(x, seed: int = 0, n_boot: int = N_BOOT, alpha: float = ALPHA) -> dict:
-    """Mean of `x` with a percentile bootstrap (1 - alpha) interval: {mean, lo, hi, n}."""
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
-    rng = np.random.default_rng(seed)
-    boots = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return {"mean": float(x.mean()), "lo": float(lo), "hi": float(hi), "n": int(len(x))}
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz), two terms per step."""
+    def nonzero(v: float) -> float:
+        return v if abs(v) > 1e-300 else 1e-300
+
+    c, d = 1.0, 1.0 / nonzero(1.0 - (a + b) * x / (a + 1.0))
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((a - 1.0 + m2) * (a + m2)),
+                   -(a + m) * (a + b + m) * x / ((a + m2) * (a + 1.0 + m2))):
+            d = 1.0 / nonzero(1.0 + aa * d)
+            c = nonzero(1.0 + aa / c)
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
 
 
-def diff_ci(a, b, seed: int = 0, paired: bool = False, n_boot: int = N_BOOT, alpha: float = ALPHA) -> dict:
-    """Difference of means a - b with a bootstrap interval and Cohen's d (pooled sd; for paired
-    data, mean difference over the sd of the differences)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    rng = np.random.default_rng(seed)
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b), 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    ln = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(ln) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(ln) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom (df may be fractional: Welch)."""
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_ppf(q: float, df: float) -> float:
+    """The q quantile of Student's t (bisection on t_cdf to ~1e-12)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError("q must be in (0, 1)")
+    if q == 0.5:
+        return 0.0
+    if q < 0.5:
+        return -t_ppf(1.0 - q, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < q:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def _clean(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def mean_ci(x, alpha: float = ALPHA) -> dict:
+    """Mean of `x` with its (1 - alpha) Student-t interval: {mean, lo, hi, n, sd, se, df}.
+    With fewer than 2 values the interval is undefined (nan)."""
+    x = _clean(x)
+    n = len(x)
+    if n == 0:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "sd": math.nan, "se": math.nan,
+                "df": 0, "interval": "t"}
+    mean = float(x.mean())
+    if n < 2:
+        return {"mean": mean, "lo": math.nan, "hi": math.nan, "n": 1, "sd": math.nan, "se": math.nan,
+                "df": 0, "interval": "t"}
+    sd = float(x.std(ddof=1))
+    se = sd / math.sqrt(n)
+    h = t_ppf(1 - alpha / 2, n - 1) * se
+    return {"mean": mean, "lo": mean - h, "hi": mean + h, "n": n, "sd": sd, "se": se, "df": n - 1,
+            "interval": "t"}
+
+
+def diff_ci(a, b, paired: bool = False, alpha: float = ALPHA) -> dict:
+    """Difference of means a - b with its (1 - alpha) t interval and Cohen's d.
+
+    paired: t interval of the differences, d = mean difference / sd of the differences, n = pairs.
+    independent: Welch's interval (Welch-Satterthwaite df), d = difference / pooled sd,
+    n_a and n_b the two sample sizes. `sd` is the sd that d divides by."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if paired:
-        d = a - b
-        out = mean_ci(d, seed, n_boot, alpha)
-        sd = d.std(ddof=1) if len(d) > 1 else 0.0
-        eff = out["mean"] / sd if sd > 0 else (math.inf if out["mean"] else 0.0) * np.sign(out["mean"] or 1)
+        if len(a) != len(b):
+            raise ValueError("paired samples must have the same length")
+        keep = np.isfinite(a) & np.isfinite(b)
+        out = mean_ci(a[keep] - b[keep], alpha)
+        out.update(design="paired", sd_kind="sd of the paired differences")
     else:
-        ba = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)
-        bb = b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
-        lo, hi = np.quantile(ba - bb, [alpha / 2, 1 - alpha / 2])
-        out = {"mean": float(a.mean() - b.mean()), "lo": float(lo), "hi": float(hi), "n": int(min(len(a), len(b)))}
+        a, b = _clean(a), _clean(b)
         na, nb = len(a), len(b)
-        pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / max(1, na + nb - 2)) if na > 1 and nb > 1 else 0.0
-        eff = out["mean"] / pooled if pooled > 0 else (math.inf if out["mean"] else 0.0) * np.sign(out["mean"] or 1)
-    out["cohens_d"] = float(eff)
+        mean = float(a.mean() - b.mean()) if na and nb else math.nan
+        out = {"mean": mean, "lo": math.nan, "hi": math.nan, "n_a": na, "n_b": nb, "n": na + nb,
+               "sd": math.nan, "se": math.nan, "df": 0, "interval": "Welch t", "design": "independent",
+               "sd_kind": "pooled sd"}
+        if na > 1 and nb > 1:
+            va, vb = a.var(ddof=1), b.var(ddof=1)
+            se = math.sqrt(va / na + vb / nb)
+            if se > 0:
+                df = (va / na + vb / nb) ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+            else:
+                df = na + nb - 2
+            h = t_ppf(1 - alpha / 2, df) * se
+            out.update(lo=mean - h, hi=mean + h, se=se, df=float(df),
+                       sd=math.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2)))
+    sd = out["sd"]
+    if sd and sd > 0:
+        out["cohens_d"] = out["mean"] / sd
+    elif out["mean"] == 0 or not math.isfinite(out["mean"]):
+        out["cohens_d"] = 0.0
+    else:
+        out["cohens_d"] = math.copysign(math.inf, out["mean"])
+    out["alpha"] = alpha
     return out
+
+
+def n_text(diff: dict, unit: str = "") -> str:
+    """'n = 30 paired texts' or 'n = 30 vs 30 texts'."""
+    u = f" {unit}" if unit else ""
+    if diff.get("design") == "independent":
+        return f"n = {diff['n_a']} vs {diff['n_b']}{u}"
+    return f"n = {diff['n']}{' paired' if diff.get('design') == 'paired' else ''}{u}"
 
 
 def strength(d: float) -> str:
@@ -49,31 +162,61 @@ def strength(d: float) -> str:
     return "strongly" if d >= 0.8 else "moderately" if d >= 0.5 else "weakly"
 
 
-def verdict_greater(claim: str, diff: dict) -> dict:
+def verdict_greater(claim: str, diff: dict, unit: str = "") -> dict:
     """Claim 'A > B' judged from diff = A - B: supported when the interval lies above 0,
-    contradicted when below 0, otherwise not supported (no clear difference)."""
+    contradicted when below 0, otherwise not supported (no clear difference; also when n is too
+    small for an interval)."""
     lo, hi, d = diff["lo"], diff["hi"], diff["cohens_d"]
     if lo > 0:
         v, how = "supported", strength(d)
     elif hi < 0:
         v, how = "contradicted", strength(d)
+    elif math.isnan(lo):
+        v, how = "not supported", "too few samples for an interval"
     else:
         v, how = "not supported", "no clear difference"
-    text = (f"{v} ({how}): difference {diff['mean']:+.4f} "
-            f"[95% CI {lo:+.4f}, {hi:+.4f}], Cohen's d {d:+.2f}")
+    level = round(100 * (1 - diff.get("alpha", ALPHA)))
+    text = (f"{v} ({how}): difference {diff['mean']:+.4f} [{level}% CI {lo:+.4f}, {hi:+.4f}], "
+            f"Cohen's d {d:+.2f}, {n_text(diff, unit)}")
     return {"claim": claim, "verdict": v, "strength": how, "difference": diff, "text": text}
 
 
-def verdict_equal(claim: str, diff: dict, margin_d: float = 0.5) -> dict:
-    """Claim 'A = B': supported when the interval contains 0 and |d| < margin_d; not supported
-    when the interval excludes 0."""
-    lo, hi, d = diff["lo"], diff["hi"], diff["cohens_d"]
-    if lo <= 0 <= hi and abs(d) < margin_d:
-        v, how = "supported", "no clear difference"
-    elif lo <= 0 <= hi:
-        v, how = "supported", "weakly (interval contains 0 but the effect size is not small)"
+def verdict_equal(claim: str, diff: dict, margin_d: float = MARGIN_D, unit: str = "") -> dict:
+    """Claim 'A = B' by two one-sided tests at level alpha against the margin
+    ±margin_d * sd (the sd Cohen's d divides by): supported when the (1 - 2 alpha) interval lies
+    inside the margin, otherwise inconclusive (DESIGN.md has no fourth verdict: an interval wholly
+    outside the margin stays inconclusive, and its `strength` says the difference exceeds the margin). The margin, its conversion and the TOST p-value are in the result."""
+    alpha = diff.get("alpha", ALPHA)
+    mean, se, df, sd = diff["mean"], diff["se"], diff["df"], diff["sd"]
+    margin = margin_d * sd if sd == sd else math.nan
+    out = {"claim": claim, "difference": diff, "margin": margin, "margin_d": margin_d,
+           "margin_rule": f"Cohen's d {margin_d:g} x {diff.get('sd_kind', 'sd')} {sd:.4g}"}
+    if not (df and se == se):
+        out.update(verdict="inconclusive", strength="too few samples for an equivalence test",
+                   ci90=[math.nan, math.nan], p_tost=math.nan)
+    elif se == 0:
+        same = mean == 0
+        out.update(verdict="supported" if same else "inconclusive", strength="no variation",
+                   ci90=[mean, mean], p_tost=0.0 if same else 1.0)
     else:
-        v, how = "not supported", strength(d)
-    text = (f"{v} ({how}): difference {diff['mean']:+.4f} "
-            f"[95% CI {lo:+.4f}, {hi:+.4f}], Cohen's d {d:+.2f}")
-    return {"claim": claim, "verdict": v, "strength": how, "difference": diff, "text": text}
+        h90 = t_ppf(1 - alpha, df) * se
+        lo90, hi90 = mean - h90, mean + h90
+        p_tost = max(1 - t_cdf((mean + margin) / se, df), t_cdf((mean - margin) / se, df))
+        if -margin < lo90 and hi90 < margin:
+            v, how = "supported", "equivalent within the margin"
+        elif diff["lo"] > margin or diff["hi"] < -margin:
+            v, how = "inconclusive", "a difference larger than the margin"
+        else:
+            v, how = "inconclusive", "not shown equivalent within the margin"
+        out.update(verdict=v, strength=how, ci90=[lo90, hi90], p_tost=p_tost)
+    lo90, hi90 = out["ci90"]
+    level = round(100 * (1 - 2 * alpha))
+    out["text"] = (f"{out['verdict']} ({out['strength']}): difference {mean:+.4f} [{level}% CI {lo90:+.4f}, "
+                   f"{hi90:+.4f}], equivalence margin ±{margin:.4f} ({out['margin_rule']}), TOST p = "
+                   f"{out['p_tost']:.3g}, Cohen's d {diff['cohens_d']:+.2f}, {n_text(diff, unit)}")
+    return out
+
+
+def ci_text(ci: dict, fmt: str = ".3f") -> str:
+    """'0.412 [0.398, 0.426], n = 30' for a mean_ci result."""
+    return f"{ci['mean']:{fmt}} [{ci['lo']:{fmt}}, {ci['hi']:{fmt}}], n = {ci['n']}"

@@ -12,11 +12,13 @@ from .dejavu import Dejavu
 from .dense import Dense
 from .griffin import Griffin
 from .moe import Moe
+from .moe_oracle import MoeOracle
 from .oracle import Oracle
 from .static import Static
 from .tda import Tda
+from .teal import Teal
 
-_BUILT_IN = (Dense, Oracle, Tda, Cats, Cett, Dejavu, Griffin, Moe, Static)
+_BUILT_IN = (Dense, Oracle, Tda, Cats, Cett, Dejavu, Griffin, Moe, MoeOracle, Static, Teal)
 REGISTRY: dict[str, type[Method]] = {c.name: c for c in _BUILT_IN}
 
 

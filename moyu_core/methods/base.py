@@ -5,8 +5,8 @@ weights) it declares in `requires()`, and `moyu_core.preparation.prepare` binds 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -15,6 +15,10 @@ from ..errors import MoyuError
 from ..keep import keep_count
 
 RESOURCES = ("thresholds", "router", "derived")
+# What an executed path can leave unread, by what a method decides from (DESIGN.md, speed protocol):
+# the rows of W_down (decides from z), up and down (from the gate), the whole MLP (a router on x,
+# or one mask per sequence), the input channels of every linear of the block (TEAL).
+SKIPS = ("none", "down", "up_down", "mlp", "all_linear")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,13 @@ class Sample:
 
     z: torch.Tensor      # (N, d_ff) input of down_proj
     gate: torch.Tensor   # (N, d_ff) act(gate_proj(x)); z itself for non-gated MLPs
+    # methods that skip input channels of every linear (skips "all_linear") also get, by role
+    # ("q", "k", "v", "o", "gate", "up", "down"), each linear's input (N, d_in) and its number of
+    # weights, and block_error({role: threshold}) -> the L2 error of the block's output with
+    # those inputs thresholded, against the dense block, on calibration tokens
+    inputs: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
+    block_error: Callable[[dict], float] | None = None
 
 
 class Method:
@@ -45,6 +56,7 @@ class Method:
     Params: type = KeepParams
     sequence_level = False
     needs = "z"
+    skips = "down"                     # one of SKIPS: sets the method's speed-up ceiling
     derived_cache: str | None = None   # folder under the cache where `derive` results are kept
 
     def __init__(self, params):

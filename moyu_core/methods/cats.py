@@ -16,6 +16,7 @@ class Cats(Method):
     name = "cats"
     Params = KeepParams
     needs = "gate"
+    skips = "up_down"
 
     def requires(self):
         return ("thresholds",) if self.params.keep < 1.0 else ()

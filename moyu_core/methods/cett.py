@@ -42,6 +42,11 @@ class Cett(Method):
     name = "cett"
     Params = CettParams
 
+    @property
+    def calibrates_by_quantile(self) -> bool:
+        """With a keep, t_l is the base rule's quantile (calibration shares one sort per layer)."""
+        return self.params.keep is not None
+
     def _keeps_all(self) -> bool:
         p = self.params
         return p.keep >= 1.0 if p.keep is not None else p.cett <= 0

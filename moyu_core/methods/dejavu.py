@@ -20,6 +20,7 @@ class Dejavu(Method):
     name = "dejavu"
     Params = KeepParams
     needs = "x"
+    skips = "mlp"
 
     def requires(self):
         return ("router",) if self.params.keep < 1.0 else ()

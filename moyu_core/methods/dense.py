@@ -18,6 +18,7 @@ class Dense(Method):
 
     name = "dense"
     Params = DenseParams
+    skips = "none"
 
     def select(self, layer, z, gate, lm, x=None):
         return torch.ones_like(z, dtype=torch.bool)

@@ -27,6 +27,7 @@ class Griffin(Method):
     name = "griffin"
     Params = KeepParams
     sequence_level = True
+    skips = "mlp"
 
     def select(self, layer, z, gate, lm, x=None):
         m = topk_mask(flocking_score(z), self.params.keep)   # (d_ff,)

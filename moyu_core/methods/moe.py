@@ -1,4 +1,10 @@
-"""moe: training-free MoEfication (Zhang et al. 2022): neurons clustered into experts."""
+"""moe: training-free MoEfication (Zhang et al. 2022): neurons clustered into experts, a router on
+the MLP input picks the experts of each token.
+
+    experts: balanced k-means of the L2-normalised gate_proj rows, E clusters of d_ff / E neurons
+    c_e = mean of expert e's normalised gate_proj rows          C: (E, d)
+    score = x C^T, keep the top keep * E experts per token       x: (T, d) -> (T, E)
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,15 +53,44 @@ def balanced_kmeans(rows: torch.Tensor, experts: int, iters: int = 8) -> torch.T
     return assign
 
 
+@dataclass(frozen=True)
+class Experts:
+    """One layer's clustering: the expert of every neuron, each expert's neurons, and the
+    router's centroids."""
+
+    assign: torch.Tensor     # (d_ff,) expert id of each neuron
+    members: torch.Tensor    # (E, d_ff / E) neuron ids of each expert, ascending
+    centroids: torch.Tensor  # (E, d) mean of the expert's L2-normalised gate_proj rows
+
+
+def _rows(lm, i: int) -> torch.Tensor:
+    """The rows the clustering reads: gate_proj (up_proj where the MLP has no gate), normalised."""
+    w = lm.mlp_weights(i)
+    rows = w.gate if w.gate is not None else w.up
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def experts_of(lm, i: int, assign: torch.Tensor, experts: int) -> Experts:
+    rows = _rows(lm, i)
+    members = assign.argsort(stable=True).view(experts, -1)
+    return Experts(assign, members.contiguous(), rows[members].mean(1).contiguous())
+
+
 class Moe(Method):
-    """MoEfication (Zhang et al. 2022), training-free: neurons of each layer clustered into E
-    experts by balanced k-means on L2-normalised gate_proj rows (up_proj rows where the MLP has
-    no gate); the router scores an expert by the sum of |act(gate_proj(x))| over its neurons
-    (exact gate instead of a learned router); keep the top keep*E experts per token."""
+    """MoEfication (Zhang et al. 2022), training-free, with its similarity router. Choices:
+    neurons of each layer are clustered into E experts by balanced k-means on L2-normalised
+    gate_proj rows (up_proj rows where the MLP has no gate; clusters cached on disk per model
+    and E, shared with moe-oracle); each expert is represented by the mean of its neurons'
+    normalised gate_proj rows, and a token's expert score is x . centroid (x = the MLP input),
+    MoEfication's "similarity selection" (its alternative, a trained MLP router, is not used); the
+    top keep*E experts are kept. The router reads x only, so the executed path computes gate, up
+    and down for the kept experts' neurons alone. `moe-oracle` chooses experts from the exact gate
+    instead: the upper bound of any router over these clusters."""
 
     name = "moe"
     Params = MoeParams
-    needs = "gate"
+    needs = "x"
+    skips = "mlp"
     derived_cache = "moe"
 
     def requires(self):
@@ -64,34 +99,39 @@ class Moe(Method):
     def derive_key(self) -> str:
         return f"E{self.params.experts}"
 
-    def derive(self, lm) -> list[torch.Tensor]:
-        """Expert id of every neuron (d_ff,), per layer."""
+    def derive(self, lm) -> list[Experts]:
+        """Each layer's clustering (`Experts`)."""
         out = []
         for i in range(lm.n_layers):
-            w = lm.mlp_weights(i)
-            rows = w.gate if w.gate is not None else w.up
+            rows = _rows(lm, i)
             if rows.shape[0] % self.params.experts:
                 raise MoyuError(f"d_ff {rows.shape[0]} is not divisible by experts={self.params.experts}")
-            out.append(balanced_kmeans(rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12), self.params.experts))
+            out.append(experts_of(lm, i, balanced_kmeans(rows, self.params.experts), self.params.experts))
         return out
 
     def dump_derived(self, data):
-        return [a.tolist() for a in data]
+        return [e.assign.tolist() for e in data]
 
     def load_derived(self, lm, saved):
         E = self.params.experts
-        data = [torch.tensor(a, dtype=torch.long) for a in saved]
-        if len(data) != lm.n_layers or any(a.shape != (lm.d_ff,) or not bool(((a >= 0) & (a < E)).all())
-                                           for a in data):
+        assign = [torch.tensor(a, dtype=torch.long) for a in saved]
+        if len(assign) != lm.n_layers or any(
+                a.shape != (lm.d_ff,) or not bool(((a >= 0) & (a < E)).all())
+                or not bool((torch.bincount(a, minlength=E) == lm.d_ff // E).all()) for a in assign):
             raise ValueError("not this model's clusters")
-        return data
+        return [experts_of(lm, i, a, E) for i, a in enumerate(assign)]
+
+    def expert_scores(self, layer: int, z, gate, lm, x) -> torch.Tensor:
+        """(T, E): x . centroid_e."""
+        if x is None:
+            raise MoyuError("moe needs the MLP input x; this caller passed none")
+        return x.float() @ self.resource(lm, "derived")[layer].centroids.T
 
     def select(self, layer, z, gate, lm, x=None):
+        rows = next(t for t in (x, gate, z) if t is not None).shape[0]
         if self.params.keep >= 1.0:
-            return torch.ones_like(gate, dtype=torch.bool)
-        a = self.resource(lm, "derived")[layer]                      # (d_ff,)
-        E = self.params.experts
-        score = torch.zeros(gate.shape[0], E).index_add_(1, a, gate.abs().float())  # (T, E)
-        top = score.topk(keep_count(E, self.params.keep), dim=-1).indices          # (T, k)
-        keep_e = torch.zeros(gate.shape[0], E, dtype=torch.bool).scatter_(1, top, True)
-        return keep_e[:, a]
+            return torch.ones(rows, lm.d_ff, dtype=torch.bool)
+        score = self.expert_scores(layer, z, gate, lm, x)                       # (T, E)
+        top = score.topk(keep_count(self.params.experts, self.params.keep), dim=-1).indices
+        keep_e = torch.zeros(rows, self.params.experts, dtype=torch.bool).scatter_(1, top, True)
+        return keep_e[:, self.resource(lm, "derived")[layer].assign]

@@ -12,6 +12,7 @@ class Static(Method):
     name = "static"
     Params = KeepParams
     sequence_level = True
+    skips = "mlp"
 
     def requires(self):
         return ("derived",)

@@ -98,7 +98,8 @@ class TeamStore:
             if (model and r["model"] != model) or (method and r["method"] != method) or \
                     (text and text.lower() not in r["text"].lower()):
                 continue
-            out.append({"run_id": rid, "model": r["model"], "mode": r["mode"], "method": r["method"],
+            out.append({"run_id": rid, "model": r["model"], "mode": r["mode"], "prefix": r["prefix"],
+                        "method": r["method"],
                         "params": json.dumps(r["params"], sort_keys=True), "n_tokens": r["n_tokens"],
                         "n_layers": r["n_layers"], "d_ff": r["d_ff"], "dtype": r["dtype"],
                         "created_at": _when(r["created_at"]),

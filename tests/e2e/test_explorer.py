@@ -31,6 +31,32 @@ def metric(page, label: str) -> str:
     return box.locator('[data-testid="stMetricValue"]').inner_text()
 
 
+def metric_values(page, label: str) -> list[str]:
+    """The values of every metric whose label is exactly `label`, in page order."""
+    out = []
+    for box in page.locator('[data-testid="stMetric"]').all():
+        if box.locator('[data-testid="stMetricLabel"]').inner_text().strip() == label:
+            out.append(box.locator('[data-testid="stMetricValue"]').inner_text().strip())
+    return out
+
+
+def wait_no_progress(page, timeout: int = 240_000) -> None:
+    """Until no background job shows its progress bar (they say what they compute: "⏳ ...")."""
+    page.wait_for_function("!Array.from(document.querySelectorAll('[data-testid=\"stProgress\"]'))"
+                           ".some(e => e.innerText.includes('⏳'))", timeout=timeout)
+    wait_idle(page)
+
+
+def capture(page, base: str, text: str) -> str:
+    """Capture `text` on Explore; returns the run id."""
+    page.goto(base + "/")
+    page.get_by_label("Prompt").fill(text)
+    page.get_by_role("button", name="Capture").click()
+    page.get_by_text("Adjacent top-10% overlap").wait_for()
+    wait_idle(page)
+    return re.search(r"run=([0-9a-f]{24})", page.url).group(1)
+
+
 def test_capture_switch_layer_and_method_then_share(app_server, new_page, artifacts):
     base, _ = app_server
     page = new_page()
@@ -67,10 +93,12 @@ def test_capture_switch_layer_and_method_then_share(app_server, new_page, artifa
     wait_idle(page)
     no_traceback(page)
     page.get_by_text("Recall of the oracle").first.wait_for()
-    page.get_by_role("button", name="Evaluate quality").first.click()
-    page.get_by_text("Perplexity ratio").first.wait_for(timeout=240_000)
-    page.get_by_role("button", name="Generate").first.click()
-    page.get_by_text("Speed-up").first.wait_for(timeout=240_000)
+    section = page.locator('[data-testid="stExpander"]').filter(has_text="tda · keep")
+    section.locator("summary").click()
+    section.get_by_role("button", name="Evaluate quality").click()
+    section.get_by_text("Measured sparsity").first.wait_for(timeout=240_000)
+    section.get_by_role("button", name="Generate").click()
+    section.get_by_text("Speed-up").first.wait_for(timeout=240_000)
     wait_idle(page)
     body = page.inner_text("body")
     assert "executed" in body or "simulated" in body
@@ -102,7 +130,7 @@ def test_long_prompt_heavy_hitters_and_runs(app_server, new_page, artifacts):
     wait_idle(page)
     tokens = int(re.search(r"(\d+) tokens", page.inner_text("body")).group(1))
     assert tokens >= 1000
-    assert page.get_by_text(f"all {tokens} tokens").count() == 1  # pooled overview of every token
+    page.get_by_text(f"all {tokens} tokens").first.wait_for()  # the pooled overview of every token (a Plotly title)
     assert page.get_by_role("slider", name=re.compile("Token window")).count() + \
         page.get_by_text("Token window start").count() >= 1
     no_traceback(page)
@@ -135,3 +163,63 @@ def test_bad_input_is_a_friendly_message(app_server, new_page, artifacts):
     page.get_by_text("prompt is empty").wait_for()
     no_traceback(page)
     shot(page, artifacts, "07-bad-input")
+
+
+def test_click_a_cell_search_a_neuron_hide_the_sink_and_whole_characters(app_server, new_page, artifacts):
+    base, _ = app_server
+    page = new_page()
+    run_id = capture(page, base, "Emoji 🦄 and Hebrew שלום: " + " ".join(["tokens"] * 60))
+    detail = page.locator(".stPlotlyChart").filter(has=page.locator(".gtitle", has_text="tokens 0–"))
+    rows = detail.locator(".js-plotly-plot").evaluate("el => el.data[0].y.join(' | ')")
+    assert "🦄" in rows and "ש" in rows and "\ufffd" not in rows, rows   # byte pieces merged for display
+    cells = page.locator(".st-key-detail_box .js-plotly-plot").first
+    cells.scroll_into_view_if_needed()
+    area = cells.locator(".nsewdrag").first.bounding_box()
+    x, y = area["x"] + area["width"] * 0.3, area["y"] + area["height"] * 0.4
+    page.mouse.move(x, y)
+    hover = page.locator(".hovertext").first
+    hover.wait_for()
+    assert re.search(r"token \d+ ▸ .+neuron n\d+", hover.text_content()), hover.text_content()
+    page.mouse.click(x, y)
+    page.wait_for_function("location.search.includes('neuron=') && location.search.includes('token=')")
+    page.get_by_text("Selected:").wait_for()
+    wait_idle(page)
+    neuron = re.search(r"neuron=(\d+)", page.url).group(1)
+    page.get_by_text(f"neuron {neuron} over the tokens").first.wait_for()
+    link = page.get_by_role("link", name=re.compile(f"Open neuron {neuron} of layer \\d+ in Neurons"))
+    link.wait_for()
+    assert f"neuron={neuron}" in link.get_attribute("href")
+    shot(page, artifacts, "10-cell-selected", height=2300)
+
+    find = page.get_by_role("spinbutton", name="Find neuron")
+    find.fill("1234")
+    find.press("Enter")
+    page.wait_for_function("location.search.includes('neuron=1234')")
+    page.get_by_text("neuron 1234 over the tokens").first.wait_for()
+    wait_idle(page)
+    cols = page.locator(".st-key-detail_box .js-plotly-plot").first.evaluate("el => el.data[0].x")
+    assert "n1234" in cols   # the window moved to show the neuron
+
+    page.get_by_text("Hide token 0 (attention sink)").click()
+    page.wait_for_function("location.search.includes('hide0=1')")
+    wait_idle(page)
+    title = page.locator(".st-key-detail_box .gtitle").first
+    page.wait_for_function("document.querySelector('.st-key-detail_box .gtitle').textContent"
+                           ".startsWith('Layer 15: tokens 1–')")
+    assert title.text_content().startswith("Layer 15: tokens 1–")
+    no_traceback(page)
+
+    page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Heavy hitters").click()
+    page.get_by_text("Top heavy hitter", exact=True).wait_for()
+    wait_idle(page)
+    page.get_by_text("Skip token 0").click()
+    page.wait_for_function("location.search.includes('skip_first=True')")
+    wait_idle(page)
+    first = page.locator("span[title^='token 0:']").first
+    assert "background" not in (first.get_attribute("style") or "")   # token 0 is not shaded
+    bar = page.locator(".js-plotly-plot").filter(has_text="Accumulated attention").first
+    assert bar.evaluate("el => el.data[0].x[0]").startswith("1 ▸")   # token 0 has no bar
+    assert "🦄" in page.inner_text("body") and "\ufffd" not in page.inner_text("body")
+    no_traceback(page)
+    shot(page, artifacts, "11-heavy-hitters-skip-sink", height=1900)
+    assert run_id

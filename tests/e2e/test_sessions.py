@@ -103,8 +103,9 @@ def test_four_sessions_and_a_cli_capture(fresh_server, new_page, artifacts):
     for page, rid, m in zip(pages, ids, methods):
         page.get_by_text("Recall of the oracle").first.wait_for(timeout=240_000)
         wait_idle(page)
-        assert page.get_by_role("tab", name=m).count() == 1 and run_id_of(page) == rid
-        assert all(page.get_by_role("tab", name=o).count() == 0 for o in methods if o != m)
+        heads = page.locator('[data-testid="stExpander"] summary')   # one section per chosen method
+        assert heads.filter(has_text=f"{m} · ").count() == 1 and run_id_of(page) == rid
+        assert all(heads.filter(has_text=f"{o} · ").count() == 0 for o in methods if o != m)
         no_traceback(page)
     shot(pages[2], artifacts, "09-session-methods")
 

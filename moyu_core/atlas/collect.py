@@ -1,0 +1,192 @@
+"""One chunk through the model: per layer and neuron, the partial aggregates an atlas merges.
+
+Each piece of the chunk is one forward of the decoder body (no LM head; SDPA attention, as no
+attention weight is read: z matches `hooks.capture`'s eager forward to ~1e-4, and is exactly
+`hooks.capture_mlp_io`'s under `models.fused_attention`) with `hooks.method_intervention`
+handing every layer's z (T, d_ff), act(gate_proj(x)) and the MLP input x to `_Aggregates.add`,
+which updates, over the piece's positions 1..T-1 (position 0 is the sink):
+
+    n        measured tokens
+    top10    tokens where the neuron is in its layer's top 10% by |z| (`methods.base.topk_mask`)
+    stay     tokens t with the neuron in the top 10% at t and at t+1 (t+1 in the same piece)
+    prev     tokens t with the neuron in the top 10% at t and a token t+1 in the piece
+    sum_abs  sum of |z| (float64 across pieces)     max_abs  max |z|
+    hist     counts of z in fixed bins (`hist_bins`)
+    kept     per method: tokens where it keeps the neuron (the method's own `select` at keep 0.5,
+             given the whole piece as its prompt)
+    top      the K largest z with the token each came from (candidates, merged later)
+
+All are sums, maxima or top-K candidates, so chunks merge exactly in any grouping (`shards.py`).
+frequency = top10 / n, inertia = stay / prev, mean |z| = sum_abs / n.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .. import hooks
+from ..analysis import TOP_FRACTION
+from ..errors import MoyuError
+from ..methods import REGISTRY, Method, make
+from ..methods.base import topk_mask
+from ..models import fused_attention
+from ..preparation import prepare
+from .corpus import Chunk
+from .shards import N_BINS
+
+KEEP = 0.5          # the keep at which each method's choice is counted
+TOP_K_RANGE = (1, 100)
+
+
+def method_names() -> list[str]:
+    """Every registered method but dense (which keeps everything)."""
+    return [n for n in REGISTRY if n != "dense"]
+
+
+def ready_methods(lm, names: list[str] | None = None) -> tuple[list[Method], dict[str, str]]:
+    """The methods at keep KEEP, prepared (thresholds calibrated, router loaded...), and those
+    that cannot run here with the reason (dejavu without a trained router). With `names`, each
+    named method must be ready (a resumed build or a Ray worker needs the same set)."""
+    ready, skipped = [], {}
+    for name in names if names is not None else method_names():
+        try:
+            ready.append(prepare(lm, make(name, keep=KEEP)))
+        except MoyuError as e:
+            if names is not None:
+                raise MoyuError(f"method {name} cannot run here: {e}") from None
+            skipped[name] = str(e)
+    return ready, skipped
+
+
+def token_pieces(lm, ids) -> list[str]:
+    """Readable text of each token id (decoded one at a time, as the store's tokens), memoised
+    per loaded model."""
+    memo = lm.derived(("atlas", "pieces"), dict)
+    missing = [int(i) for i in set(int(i) for i in ids) if int(i) not in memo]
+    for i, text in zip(missing, lm.pieces(missing)):
+        memo[i] = text
+    return [memo[int(i)] for i in ids]
+
+
+def hist_bins(z: torch.Tensor) -> torch.Tensor:
+    """Histogram bin of each z, float (exact small integers): 25 + sign(z) * m with the magnitude
+    class m = clamp(floor(4 log10 |z|) + 13, 0, 25), so bin 25 holds |z| < 1e-3, bins 26..50
+    (24..0) hold z >= 1e-3 (<= -1e-3) by quarter decades, the outer ones |z| >= 1e3. These are
+    shards.HIST_EDGES' bins (a value exactly on a negative edge counts one bin nearer zero)."""
+    m = z.abs().log10_().mul_(4).floor_().add_(13).clamp_(0, 25)
+    return m.mul_(z.sign()).add_(25)
+
+
+class _Aggregates:
+    """Running partial aggregates of one chunk, per layer (L, ...) tensors. Counts over tokens
+    are products with a row of ones (a matrix-vector product reads a 0/1 matrix once, where a
+    boolean column sum converts it to int64 first)."""
+
+    def __init__(self, lm, methods: list[Method], top_k: int):
+        L, D = lm.n_layers, lm.d_ff
+        self.lm, self.methods, self.top_k, self.D = lm, methods, top_k, D
+        self.top10 = torch.zeros(L, D, dtype=torch.int64)
+        self.stay = torch.zeros(L, D, dtype=torch.int64)
+        self.prev = torch.zeros(L, D, dtype=torch.int64)
+        self.sum_abs = torch.zeros(L, D, dtype=torch.float64)
+        self.max_abs = torch.zeros(L, D)
+        self.hist = torch.zeros(L, N_BINS * D, dtype=torch.int64)
+        self.kept = torch.zeros(len(methods), L, D, dtype=torch.int64)
+        self.top_v: list[torch.Tensor | None] = [None] * L   # (k, D) values, descending
+        self.top_j: list[torch.Tensor | None] = [None] * L   # (k, D) index of the measured token
+        self.cols = torch.arange(D, dtype=torch.float32)
+        self.base = 0   # measured tokens of the chunk before the running piece
+
+    @staticmethod
+    def _count(ones: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Column sums (D,) int64 of a 0/1 matrix m (N, D)."""
+        return (ones[:, :len(m)] @ m.float())[0].long()
+
+    def add(self, i: int, z: torch.Tensor, gate: torch.Tensor, x: torch.Tensor) -> None:
+        z = z[0].detach().float()                      # (T, D)
+        T = len(z)
+        ones = torch.ones(1, T)
+        a = z.abs()
+        m = topk_mask(a, TOP_FRACTION).float()         # (T, D) each token's top 10% by |z|
+        self.top10[i] += self._count(ones, m[1:])
+        self.stay[i] += self._count(ones, m[1:-1] * m[2:])
+        self.prev[i] += self._count(ones, m[1:-1])
+        self.sum_abs[i] += (ones[:, :T - 1] @ a[1:])[0].double()
+        torch.maximum(self.max_abs[i], a[1:].amax(0), out=self.max_abs[i])
+        idx = hist_bins(z[1:]).mul_(self.D).add_(self.cols).long()     # (T-1, D) flat bin index
+        self.hist[i] += torch.bincount(idx.view(-1), minlength=N_BINS * self.D)
+        for j, method in enumerate(self.methods):
+            keep = method.select(i, z, gate, self.lm, x)                # (T, D) bool
+            # a sequence-level method keeps one set for every token of the piece
+            self.kept[j, i] += keep[1].long() * (T - 1) if method.sequence_level else self._count(ones, keep[1:])
+        self._top(i, z[1:])
+
+    def _top(self, i: int, zm: torch.Tensor) -> None:
+        """Merge the piece's measured rows zm (N, D) into layer i's running top-K."""
+        v, idx = torch.topk(zm, min(self.top_k, len(zm)), dim=0)    # (k, D)
+        idx += self.base
+        if self.top_v[i] is not None:
+            v, idx = torch.cat([self.top_v[i], v]), torch.cat([self.top_j[i], idx])
+            v, order = torch.topk(v, min(self.top_k, len(v)), dim=0)
+            idx = idx.gather(0, order)
+        self.top_v[i], self.top_j[i] = v, idx
+
+
+@torch.inference_mode()
+def compute_chunk(lm, methods: list[Method], chunk: Chunk, top_k: int,
+                  progress: Callable[[int], None] | None = None) -> dict:
+    """Run every piece of `chunk` and return its partial aggregates as Arrow tables
+    {"stats", "kept", "top", "tokens"} plus its "index" and its "n_tokens" and "n_measured" counts.
+    `progress(n)` is told the text tokens of each piece done."""
+    agg = _Aggregates(lm, methods, top_k)
+    docs, poss = [], []          # (doc, position) of each measured token, in order
+    with fused_attention(lm), hooks.method_intervention(lm, agg.add):
+        for piece in chunk.pieces:
+            T = len(piece.ids)
+            if T >= 2:
+                lm.body(torch.tensor([piece.ids]), use_cache=False)
+                agg.base += T - 1
+                docs += [piece.doc] * (T - 1)
+                poss += [piece.doc_pos(p) for p in range(1, T)]
+            if progress:
+                progress(len(piece.text_ids))
+    return {"index": chunk.index, "n_tokens": chunk.tokens, "n_measured": agg.base,
+            **_tables(lm, agg, chunk, np.array(docs, np.int32), np.array(poss, np.int32))}
+
+
+def _tables(lm, agg: _Aggregates, chunk: Chunk, docs: np.ndarray, poss: np.ndarray) -> dict[str, pa.Table]:
+    L, D, M = lm.n_layers, lm.d_ff, len(agg.methods)
+    layer = np.repeat(np.arange(L, dtype=np.int16), D)
+    neuron = np.tile(np.arange(D, dtype=np.int32), L)
+    hist = agg.hist.view(L, N_BINS, D).permute(0, 2, 1).reshape(-1).numpy()   # (L*D*N_BINS,) neuron-major
+    stats = pa.table({
+        "layer": layer, "neuron": neuron, "n": np.full(L * D, agg.base, np.int64),
+        "top10": agg.top10.reshape(-1).numpy(), "stay": agg.stay.reshape(-1).numpy(),
+        "prev": agg.prev.reshape(-1).numpy(), "sum_abs": agg.sum_abs.reshape(-1).numpy(),
+        "max_abs": agg.max_abs.reshape(-1).numpy(),
+        "hist": pa.ListArray.from_arrays(np.arange(0, L * D * N_BINS + 1, N_BINS, dtype=np.int32), hist)})
+    names = [m.name for m in agg.methods]
+    kept = pa.table({
+        "layer": np.repeat(layer, M), "neuron": np.repeat(neuron, M),
+        "method": pa.array(np.tile(np.array(names, dtype=object), L * D), pa.string()).dictionary_encode(),
+        "kept": agg.kept.permute(1, 2, 0).reshape(-1).numpy()})
+    if agg.base == 0:   # a chunk of one-token pieces: nothing measured
+        top_v, top_j = np.zeros((L * D, 0), np.float32), np.zeros((L * D, 0), np.int64)
+    else:
+        top_v = torch.stack(agg.top_v).permute(0, 2, 1).reshape(L * D, -1).numpy()   # (L*D, k)
+        top_j = torch.stack(agg.top_j).permute(0, 2, 1).reshape(L * D, -1).numpy()
+    k = top_v.shape[1]
+    text_ids = {(p.doc, p.doc_pos(q)): t for p in chunk.pieces for q, t in enumerate(p.ids) if q >= p.n_bos}
+    token_of = np.array([text_ids[(d, q)] for d, q in zip(docs.tolist(), poss.tolist())], np.int32)
+    top = pa.table({
+        "layer": np.repeat(layer, k), "neuron": np.repeat(neuron, k), "value": top_v.reshape(-1),
+        "doc": docs[top_j.reshape(-1)], "pos": poss[top_j.reshape(-1)], "token_id": token_of[top_j.reshape(-1)]})
+    t_doc = np.array([p.doc for p in chunk.pieces for _ in p.text_ids], np.int32)
+    t_pos = np.array([p.start + q for p in chunk.pieces for q in range(len(p.text_ids))], np.int32)
+    t_ids = [t for p in chunk.pieces for t in p.text_ids]
+    tokens = pa.table({"doc": t_doc, "pos": t_pos, "token_id": np.array(t_ids, np.int32),
+                       "piece": pa.array(token_pieces(lm, t_ids), pa.string())})
+    return {"stats": stats, "kept": kept, "top": top, "tokens": tokens}

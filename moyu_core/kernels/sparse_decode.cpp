@@ -1,0 +1,484 @@
+// Fused batch-1 decode kernels for moyu's executed sparse paths (float32, CPU).
+//
+// An MLP of n neurons over d inputs is kept in the layout its access needs (moyu_core/kernels):
+//   gu (n, 2, d) [gate_i; up_i] and dt (n, d) = W_down^T   dense and z-based (gate and up stream,
+//                                                          then the kept rows of W_down^T);
+//   g (n, d) and ud (n, 2, d) [up_i; W_down[:, i]]          gate-based (the gate streams, a kept
+//                                                          neuron's up and down are one block);
+//   records (n, 3, d) [gate_i; up_i; W_down[:, i]]          routers (a kept neuron is one block);
+//   wt (in, out)                                           input-channel skipping (TEAL): one
+//                                                          row per input channel.
+// Every kernel applies its selection (threshold, top-k, router) itself; the list of kept rows is
+// built here, never in Python. Rows read in order stream (the hardware prefetcher follows);
+// kept rows far apart are prefetched into L2 one ahead. Work is one task per thread
+// (at::parallel_for, torch's own OpenMP pool); a task summing rows keeps its own partial sum,
+// added up in task order, so results do not depend on thread timing. Inner loops are plain
+// loops on 16-float vector values; on x86-64 GCC builds them for AVX-512, AVX2+FMA and baseline
+// x86-64 and picks one at load time (target_clones), so the flags stay portable.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MOYU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MOYU_CLONES
+#endif
+
+constexpr int64_t ALIGN = 16;   // column splits fall on 64-byte boundaries
+
+enum Act : int64_t { SILU = 0, GELU_TANH = 1, GELU = 2, RELU = 3 };
+
+inline float act(float g, int64_t kind) {
+  switch (kind) {
+    case SILU: return g / (1.f + std::exp(-g));
+    case GELU_TANH: {
+      const float c = 0.7978845608028654f;  // sqrt(2 / pi)
+      return 0.5f * g * (1.f + std::tanh(c * (g + 0.044715f * g * g * g)));
+    }
+    case GELU: return 0.5f * g * (1.f + std::erf(g * 0.7071067811865476f));
+    default: return g > 0.f ? g : 0.f;
+  }
+}
+
+// 16 floats as one value: the compiler lowers its arithmetic to whatever vector width the clone
+// targets (one AVX-512 register, two AVX2 registers, four SSE registers).
+typedef float vf __attribute__((vector_size(64)));
+typedef float vf_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+constexpr int64_t W = 16;
+inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vf_unaligned*>(p) = v; }
+inline float hsum(vf v) {
+  float s = 0.f;
+  for (int l = 0; l < W; ++l) s += v[l];
+  return s;
+}
+
+MOYU_CLONES float dot(const float* __restrict a, const float* __restrict x, int64_t n) {
+  vf s0 = {}, s1 = {};
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) {
+    s0 += load(a + j) * load(x + j);
+    s1 += load(a + j + W) * load(x + j + W);
+  }
+  for (; j + W <= n; j += W) s0 += load(a + j) * load(x + j);
+  float s = hsum(s0 + s1);
+  for (; j < n; ++j) s += a[j] * x[j];
+  return s;
+}
+
+// Two rows against the same x in one pass: gate and up of a neuron.
+MOYU_CLONES void dot2(const float* __restrict a, const float* __restrict b, const float* __restrict x,
+                      int64_t n, float* ra, float* rb) {
+  vf sa = {}, sb = {};
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const vf xv = load(x + j);
+    sa += load(a + j) * xv;
+    sb += load(b + j) * xv;
+  }
+  float ta = hsum(sa), tb = hsum(sb);
+  for (; j < n; ++j) {
+    ta += a[j] * x[j];
+    tb += b[j] * x[j];
+  }
+  *ra = ta;
+  *rb = tb;
+}
+
+MOYU_CLONES void axpy(float a, const float* __restrict w, float* __restrict y, int64_t n) {
+  int64_t j = 0;
+  for (; j + W <= n; j += W) store(y + j, load(y + j) + a * load(w + j));
+  for (; j < n; ++j) y[j] += a * w[j];
+}
+
+// ---- tasks ------------------------------------------------------------------------------------
+
+int64_t task_count(int64_t work, int64_t min_work) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), work / std::max<int64_t>(1, min_work)));
+}
+
+template <class F>
+void run_tasks(int64_t tasks, const F& f) {
+  if (tasks <= 1) {
+    f(0);
+    return;
+  }
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) f(t);
+  });
+}
+
+inline int64_t split(int64_t n, int64_t tasks, int64_t t) { return n * t / tasks; }
+
+// f(i) for i in [0, n), contiguous ranges, one per task.
+template <class F>
+void for_rows(int64_t n, int64_t min_per_task, const F& f) {
+  const int64_t tasks = task_count(n, min_per_task);
+  run_tasks(tasks, [&](int64_t t) {
+    for (int64_t i = split(n, tasks, t); i < split(n, tasks, t + 1); ++i) f(i);
+  });
+}
+
+constexpr int64_t AHEAD = 2;   // blocks prefetched ahead of the one being read
+
+inline void prefetch_l2(const float* p, int64_t n) {
+  for (int64_t o = 0; o < n; o += W) __builtin_prefetch(p + o, 0, 1);
+}
+
+// sum over q in [0, K) of row(q, acc): the items split among tasks, each with its own partial
+// sum of length d, added in task order. `block(q)` is the block of `span` floats item q reads;
+// when it does not follow the block before it, it is prefetched while that one runs (blocks in
+// order stream by themselves). span 0: never prefetch.
+template <class Row, class Block>
+torch::Tensor partial_sums(int64_t K, int64_t d, int64_t span, const Row& row, const Block& block) {
+  const int64_t tasks = task_count(K, 64);
+  std::vector<float> part(tasks * d, 0.f);
+  run_tasks(tasks, [&](int64_t t) {
+    float* acc = part.data() + t * d;
+    const int64_t q0 = split(K, tasks, t), q1 = split(K, tasks, t + 1);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t p = q + AHEAD;
+      if (span && p < q1 && block(p) != block(p - 1) + span) prefetch_l2(block(p), span);
+      row(q, acc);
+    }
+  });
+  auto out = torch::zeros({d});
+  for (int64_t t = 0; t < tasks; ++t) axpy(1.f, part.data() + t * d, out.data_ptr<float>(), d);
+  return out;
+}
+
+// Indices (ascending) of the k largest of s; ties at the k-th value: lowest indices first.
+std::vector<int64_t> top_k(const float* s, int64_t n, int64_t k) {
+  std::vector<int64_t> kept;
+  if (k >= n) {
+    kept.resize(n);
+    for (int64_t i = 0; i < n; ++i) kept[i] = i;
+    return kept;
+  }
+  if (k <= 0) return kept;
+  std::vector<float> tmp(s, s + n);
+  std::nth_element(tmp.begin(), tmp.begin() + (n - k), tmp.end());
+  const float kth = tmp[n - k];
+  int64_t greater = 0;
+  for (int64_t i = 0; i < n; ++i) greater += s[i] > kth;
+  int64_t ties = k - greater;
+  kept.reserve(k);
+  for (int64_t i = 0; i < n; ++i)
+    if (s[i] > kth || (s[i] == kth && ties-- > 0)) kept.push_back(i);
+  return kept;
+}
+
+// Neurons of the chosen experts, ascending; members (E, m) int64.
+std::vector<int64_t> members_of(const torch::Tensor& members, const std::vector<int64_t>& experts, int64_t n) {
+  TORCH_CHECK(members.scalar_type() == torch::kInt64 && members.is_contiguous() && members.dim() == 2,
+              "members must be a contiguous int64 (experts, size) tensor");
+  const int64_t m = members.size(1);
+  const int64_t* p = members.data_ptr<int64_t>();
+  std::vector<int64_t> kept;
+  kept.reserve(experts.size() * m);
+  for (int64_t e : experts)
+    for (int64_t q = 0; q < m; ++q) {
+      TORCH_CHECK(p[e * m + q] >= 0 && p[e * m + q] < n, "member index out of range");
+      kept.push_back(p[e * m + q]);
+    }
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+// ---- argument checks ----------------------------------------------------------------------------
+
+void check(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
+              what, " must be a contiguous float32 CPU tensor");
+}
+
+const float* mat(const torch::Tensor& t, const char* what, int64_t rows, int64_t cols) {
+  check(t, what);
+  TORCH_CHECK(t.numel() == rows * cols, what, " has ", t.numel(), " values, expected ", rows, " x ", cols);
+  return t.data_ptr<float>();
+}
+
+const float* vec(const torch::Tensor& x, int64_t n, const char* what) { return mat(x, what, 1, n); }
+
+// ---- MLP kernels --------------------------------------------------------------------------------
+
+// z = act(gate . x) * (up . x) of every neuron, gate and up streaming from gu (n, 2, d).
+std::vector<float> z_all(const float* gu, int64_t n, int64_t d, const float* x, int64_t kind) {
+  std::vector<float> z(n);
+  for_rows(n, 64, [&](int64_t i) {
+    const float* r = gu + i * 2 * d;
+    z[i] = act(dot(r, x, d), kind) * dot(r + d, x, d);
+  });
+  return z;
+}
+
+torch::Tensor down_rows(const float* dt, int64_t d, const std::vector<float>& z, const std::vector<int64_t>& kept,
+                        bool in_order) {
+  return partial_sums(
+      kept.size(), d, in_order ? 0 : d,
+      [&](int64_t q, float* acc) { axpy(z[kept[q]], dt + kept[q] * d, acc, d); },
+      [&](int64_t q) { return dt + kept[q] * d; });
+}
+
+int64_t rows_of(const torch::Tensor& t) { return t.dim() ? t.size(0) : 0; }
+
+// Dense MLP: every neuron (the baseline every method is timed against).
+torch::Tensor mlp_dense(torch::Tensor gu, torch::Tensor dt, torch::Tensor x, int64_t kind) {
+  const int64_t n = rows_of(dt), d = x.numel();
+  const float* gp = mat(gu, "gu", 2 * n, d);
+  const float* dp = mat(dt, "dt", n, d);
+  const auto z = z_all(gp, n, d, vec(x, d, "x"), kind);
+  return partial_sums(n, d, 0, [&](int64_t i, float* acc) { axpy(z[i], dp + i * d, acc, d); },
+                      [&](int64_t i) { return dp + i * d; });
+}
+
+// Neurons with |z_i| * scale_i >= t (scale empty: 1): tda, cett.
+torch::Tensor mlp_z_threshold(torch::Tensor gu, torch::Tensor dt, torch::Tensor x, int64_t kind, double t,
+                              torch::Tensor scale) {
+  const int64_t n = rows_of(dt), d = x.numel();
+  const float* sp = scale.numel() ? vec(scale, n, "scale") : nullptr;
+  const auto z = z_all(mat(gu, "gu", 2 * n, d), n, d, vec(x, d, "x"), kind);
+  const float th = static_cast<float>(t);
+  std::vector<int64_t> kept;
+  kept.reserve(n);
+  for (int64_t i = 0; i < n; ++i)
+    if (std::fabs(z[i]) * (sp ? sp[i] : 1.f) >= th) kept.push_back(i);
+  return down_rows(mat(dt, "dt", n, d), d, z, kept, false);
+}
+
+// The k neurons of largest |z| (oracle).
+torch::Tensor mlp_z_topk(torch::Tensor gu, torch::Tensor dt, torch::Tensor x, int64_t kind, int64_t k) {
+  const int64_t n = rows_of(dt), d = x.numel();
+  const auto z = z_all(mat(gu, "gu", 2 * n, d), n, d, vec(x, d, "x"), kind);
+  std::vector<float> az(n);
+  for (int64_t i = 0; i < n; ++i) az[i] = std::fabs(z[i]);
+  return down_rows(mat(dt, "dt", n, d), d, z, top_k(az.data(), n, k), false);
+}
+
+// act(gate . x) of every neuron, the gate streaming from g (n, d).
+std::vector<float> gate_all(const float* g, int64_t n, int64_t d, const float* x, int64_t kind) {
+  std::vector<float> a(n);
+  for_rows(n, 64, [&](int64_t i) { a[i] = act(dot(g + i * d, x, d), kind); });
+  return a;
+}
+
+// up and down of the kept neurons, one block [up_i; W_down[:, i]] each from ud (n, 2, d).
+torch::Tensor up_down_rows(const float* ud, int64_t d, const float* x, const std::vector<float>& a,
+                           const std::vector<int64_t>& kept) {
+  return partial_sums(
+      kept.size(), d, 2 * d,
+      [&](int64_t q, float* acc) {
+        const float* r = ud + kept[q] * 2 * d;
+        axpy(a[kept[q]] * dot(r, x, d), r + d, acc, d);
+      },
+      [&](int64_t q) { return ud + kept[q] * 2 * d; });
+}
+
+// |act(gate . x)| >= t: up and down for survivors only (cats).
+torch::Tensor mlp_gate_threshold(torch::Tensor g, torch::Tensor ud, torch::Tensor x, int64_t kind, double t) {
+  const int64_t n = rows_of(g), d = x.numel();
+  const float* xp = vec(x, d, "x");
+  const auto a = gate_all(mat(g, "g", n, d), n, d, xp, kind);
+  const float th = static_cast<float>(t);
+  std::vector<int64_t> kept;
+  kept.reserve(n);
+  for (int64_t i = 0; i < n; ++i)
+    if (std::fabs(a[i]) >= th) kept.push_back(i);
+  return up_down_rows(mat(ud, "ud", 2 * n, d), d, xp, a, kept);
+}
+
+// Experts scored by the sum of |act(gate)| over their neurons, the k best kept (moe-oracle).
+torch::Tensor mlp_gate_experts(torch::Tensor g, torch::Tensor ud, torch::Tensor x, int64_t kind,
+                               torch::Tensor members, int64_t k) {
+  const int64_t n = rows_of(g), d = x.numel();
+  const float* xp = vec(x, d, "x");
+  const auto a = gate_all(mat(g, "g", n, d), n, d, xp, kind);
+  TORCH_CHECK(members.dim() == 2 && members.numel() <= n, "members must be (experts, size)");
+  const int64_t E = members.size(0), m = members.size(1);
+  const int64_t* mp = members.data_ptr<int64_t>();
+  std::vector<float> score(E, 0.f);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t q = 0; q < m; ++q) score[e] += std::fabs(a[mp[e * m + q]]);
+  return up_down_rows(mat(ud, "ud", 2 * n, d), d, xp, a, members_of(members, top_k(score.data(), E, k), n));
+}
+
+// gate, up and down of the kept neurons, one block [gate_i; up_i; W_down[:, i]] each.
+torch::Tensor record_rows(const float* rec, int64_t d, const float* x, int64_t kind, const std::vector<int64_t>& kept) {
+  return partial_sums(
+      kept.size(), d, 3 * d,
+      [&](int64_t q, float* acc) {
+        const float* r = rec + kept[q] * 3 * d;
+        axpy(act(dot(r, x, d), kind) * dot(r + d, x, d), r + 2 * d, acc, d);
+      },
+      [&](int64_t q) { return rec + kept[q] * 3 * d; });
+}
+
+// DejaVu: logits = w2 (w1 x), the k largest kept.
+torch::Tensor mlp_router_topk(torch::Tensor records, torch::Tensor x, int64_t kind, torch::Tensor w1,
+                              torch::Tensor w2, int64_t k) {
+  const int64_t n = rows_of(w2), d = x.numel(), r = rows_of(w1);
+  const float* xp = vec(x, d, "x");
+  const float *p1 = mat(w1, "w1", r, d), *p2 = mat(w2, "w2", n, r);
+  std::vector<float> h(r), logits(n);
+  for_rows(r, 32, [&](int64_t j) { h[j] = dot(p1 + j * d, xp, d); });
+  for_rows(n, 64, [&](int64_t i) { logits[i] = dot(p2 + i * r, h.data(), r); });
+  return record_rows(mat(records, "records", 3 * n, d), d, xp, kind, top_k(logits.data(), n, k));
+}
+
+// MoE with its router: experts scored by x . centroid_e, the k best kept.
+torch::Tensor mlp_router_experts(torch::Tensor records, torch::Tensor x, int64_t kind, torch::Tensor centroids,
+                                 torch::Tensor members, int64_t k) {
+  const int64_t d = x.numel(), E = rows_of(centroids), n = records.numel() / (3 * std::max<int64_t>(1, d));
+  const float* xp = vec(x, d, "x");
+  const float* c = mat(centroids, "centroids", E, d);
+  TORCH_CHECK(rows_of(members) == E, "one member row per centroid");
+  std::vector<float> score(E);
+  for (int64_t e = 0; e < E; ++e) score[e] = dot(c + e * d, xp, d);
+  return record_rows(mat(records, "records", 3 * n, d), d, xp, kind, members_of(members, top_k(score.data(), E, k), n));
+}
+
+// ---- input-channel skipping (TEAL) --------------------------------------------------------------
+
+// y = sum over input channels j with |x_j| >= t_s of x_j * Wt[j, columns of segment s]: Wt (in,
+// out), columns cut into segments by `bounds` (S + 1 offsets from 0 to out), one threshold each
+// (q, k and v of a stacked matrix; gate and up). A kept channel's row (its kept segments) is read
+// as one block; the kept channels split among tasks with partial sums.
+void linear_t_into(const float* wt, int64_t in, int64_t out, const float* x, const std::vector<int64_t>& bounds,
+                   const std::vector<float>& th, float* y) {
+  const float lo = *std::min_element(th.begin(), th.end());
+  std::vector<int64_t> kept;
+  kept.reserve(in);
+  for (int64_t j = 0; j < in; ++j)
+    if (std::fabs(x[j]) >= lo) kept.push_back(j);
+  const bool uniform = *std::max_element(th.begin(), th.end()) == lo;
+  auto sum = partial_sums(
+      kept.size(), out, uniform ? out : 0,
+      [&](int64_t q, float* acc) {
+        const int64_t j = kept[q];
+        const float* row = wt + j * out;
+        if (uniform) {
+          axpy(x[j], row, acc, out);
+          return;
+        }
+        for (size_t s = 0; s < th.size(); ++s)
+          if (std::fabs(x[j]) >= th[s]) axpy(x[j], row + bounds[s], acc + bounds[s], bounds[s + 1] - bounds[s]);
+      },
+      [&](int64_t q) { return wt + kept[q] * out; });
+  std::memcpy(y, sum.data_ptr<float>(), out * sizeof(float));
+}
+
+torch::Tensor linear_t(torch::Tensor wt, torch::Tensor x, std::vector<int64_t> bounds, std::vector<double> thresholds) {
+  const int64_t in = x.numel(), out = bounds.empty() ? 0 : bounds.back();
+  TORCH_CHECK(bounds.size() == thresholds.size() + 1 && !thresholds.empty() && bounds.front() == 0,
+              "bounds must run from 0 to out with one threshold per segment");
+  const float* w = mat(wt, "wt", in, out);
+  auto y = torch::empty({out});
+  linear_t_into(w, in, out, vec(x, in, "x"), bounds, std::vector<float>(thresholds.begin(), thresholds.end()),
+                y.data_ptr<float>());
+  return y;
+}
+
+// TEAL's MLP: gate and up skip the input channels below their thresholds (gut (d, 2n): row j is
+// column j of gate then of up), z = act(g) * u, and down skips neurons with |z| < t_down.
+torch::Tensor teal_mlp(torch::Tensor gut, torch::Tensor dt, torch::Tensor x, int64_t kind, double t_gate,
+                       double t_up, double t_down) {
+  const int64_t n = rows_of(dt), d = x.numel();
+  const float* xp = vec(x, d, "x");
+  std::vector<float> gu(2 * n);
+  linear_t_into(mat(gut, "gut", d, 2 * n), d, 2 * n, xp, {0, n, 2 * n},
+                {static_cast<float>(t_gate), static_cast<float>(t_up)}, gu.data());
+  std::vector<float> z(n);
+  std::vector<int64_t> kept;
+  kept.reserve(n);
+  const float th = static_cast<float>(t_down);
+  for (int64_t i = 0; i < n; ++i) {
+    z[i] = act(gu[i], kind) * gu[n + i];
+    if (std::fabs(z[i]) >= th) kept.push_back(i);
+  }
+  return down_rows(mat(dt, "dt", n, d), d, z, kept, false);
+}
+
+// ---- dense -----------------------------------------------------------------------------------------
+
+// y = W x for W (out, in), rows split among tasks.
+torch::Tensor gemv(torch::Tensor w, torch::Tensor x) {
+  const int64_t in = x.numel(), out = w.numel() / std::max<int64_t>(1, in);
+  const float* wp = mat(w, "w", out, in);
+  const float* xp = vec(x, in, "x");
+  auto y = torch::empty({out});
+  float* yp = y.data_ptr<float>();
+  for_rows(out, 64, [&](int64_t i) { yp[i] = dot(wp + i * in, xp, in); });
+  return y;
+}
+
+// Float32 memory of `n` floats aligned to 2 MiB and advised for transparent huge pages: weights
+// streamed once per token then cost fewer TLB misses and prefetch across 4 KiB page edges.
+torch::Tensor hugepage_empty(at::IntArrayRef sizes) {
+  int64_t n = 1;
+  for (auto s : sizes) n *= s;
+  const size_t bytes = std::max<size_t>(sizeof(float), n * sizeof(float)), huge = size_t(2) << 20;
+  const size_t size = (bytes + huge - 1) / huge * huge;
+  void* p = std::aligned_alloc(huge, size);
+  if (p == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(p, size, MADV_HUGEPAGE);
+#endif
+  return torch::from_blob(p, sizes, [](void* q) { std::free(q); }, torch::TensorOptions().dtype(torch::kFloat32));
+}
+
+torch::Tensor hugepage_copy(torch::Tensor t) {
+  auto src = t.contiguous().to(torch::kFloat32);
+  auto out = hugepage_empty(src.sizes());
+  std::memcpy(out.data_ptr<float>(), src.data_ptr<float>(), src.numel() * sizeof(float));
+  return out;
+}
+
+// Rows idx of t (n, ...) into new huge-page memory (k, ...): a sliced MLP for one prompt.
+torch::Tensor hugepage_rows(torch::Tensor t, torch::Tensor idx) {
+  check(t, "t");
+  TORCH_CHECK(idx.scalar_type() == torch::kInt64 && idx.dim() == 1, "idx must be int64 (k,)");
+  auto ix = idx.contiguous();
+  std::vector<int64_t> sizes(t.sizes().begin(), t.sizes().end());
+  const int64_t n = sizes[0], row = t.numel() / std::max<int64_t>(1, n), k = ix.numel();
+  sizes[0] = k;
+  auto out = hugepage_empty(sizes);
+  const int64_t* ip = ix.data_ptr<int64_t>();
+  for (int64_t q = 0; q < k; ++q) TORCH_CHECK(ip[q] >= 0 && ip[q] < n, "row index out of range");
+  const float* src = t.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for_rows(k, 16, [&](int64_t q) { std::memcpy(dst + q * row, src + ip[q] * row, row * sizeof(float)); });
+  return out;
+}
+
+float act_value(double g, int64_t kind) { return act(static_cast<float>(g), kind); }
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mlp_dense", &mlp_dense);
+  m.def("mlp_z_threshold", &mlp_z_threshold);
+  m.def("mlp_z_topk", &mlp_z_topk);
+  m.def("mlp_gate_threshold", &mlp_gate_threshold);
+  m.def("mlp_gate_experts", &mlp_gate_experts);
+  m.def("mlp_router_topk", &mlp_router_topk);
+  m.def("mlp_router_experts", &mlp_router_experts);
+  m.def("linear_t", &linear_t);
+  m.def("teal_mlp", &teal_mlp);
+  m.def("gemv", &gemv);
+  m.def("hugepage_copy", &hugepage_copy);
+  m.def("hugepage_rows", &hugepage_rows);
+  m.def("act", &act_value);
+}
