@@ -242,17 +242,15 @@ def _keep_of(params: dict, result: dict):
 
 
 def _eval_intervals(res: dict) -> dict:
-    """95% t intervals over the protocol's windows: the perplexity ratio's from the per-window
-    mean NLL difference (exp of its interval, so it brackets the pooled ratio), KL's and top-1's."""
-    from .experiments.stats import mean_ci
+    """95% intervals over the protocol's windows (`stats.window_intervals`), flat for a table row."""
+    from .experiments.stats import window_intervals
 
     wins = res.get("per_window") or []
     if len(wins) < 2:
         return {}
-    d = mean_ci([w["nll"] - w["dense_nll"] for w in wins])
-    kl, top1 = mean_ci([w["kl"] for w in wins]), mean_ci([w["top1_agree"] for w in wins])
-    return {"ppl_ratio_lo": math.exp(d["lo"]), "ppl_ratio_hi": math.exp(d["hi"]),
-            "kl_lo": kl["lo"], "kl_hi": kl["hi"], "top1_agree_lo": top1["lo"], "top1_agree_hi": top1["hi"]}
+    ci = window_intervals(wins)
+    names = {"ppl_ratio": "ppl_ratio", "kl": "kl", "top1": "top1_agree"}
+    return {f"{row}_{end}": ci[f"{name}_ci"][end] for name, row in names.items() for end in ("lo", "hi")}
 
 
 def _speed_spread(res: dict) -> dict:

@@ -7,7 +7,6 @@ interval of the per-window values. Each evaluation is cached by evaluate itself 
 "eval"; an entry stored before per-window values existed is recomputed), the table by this module."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 from .. import methods, models
@@ -39,16 +38,6 @@ def _prepare_router(lm, store, p: ApplicabilityParams, progress) -> None:
                      if progress else None)
 
 
-def intervals(r: dict) -> dict:
-    """Per-window intervals of one evaluation: ppl ratio, KL, top-1 agreement, n = windows."""
-    w = r["per_window"]
-    log_ratio = stats.mean_ci([x["nll"] - x["dense_nll"] for x in w])
-    ratio = {"mean": math.exp(log_ratio["mean"]), "lo": math.exp(log_ratio["lo"]),
-             "hi": math.exp(log_ratio["hi"]), "n": log_ratio["n"], "interval": "exp of a t interval of the log"}
-    return {"ppl_ratio_ci": ratio, "kl_ci": stats.mean_ci([x["kl"] for x in w]),
-            "top1_ci": stats.mean_ci([x["top1_agree"] for x in w])}
-
-
 def _evaluate(lm, method, store, p: ApplicabilityParams) -> dict:
     from ..evaluate import evaluate
     kw = dict(windows=p.windows, prompt_len=p.prompt_len, gen_len=p.gen_len)
@@ -73,7 +62,7 @@ def measure(p: ApplicabilityParams, store=None, progress=None) -> dict:
                 r = _evaluate(lm, _make(name, p.keep), store, p)
                 figures = ("ppl", "dense_ppl", "ppl_ratio", "kl", "top1_agree", "sparsity")
                 table.append({"model": model, "method": name, "params": r.get("params"),
-                              "windows": len(r["per_window"]), **{k: r.get(k) for k in figures}, **intervals(r)})
+                              "windows": len(r["per_window"]), **{k: r.get(k) for k in figures}, **stats.window_intervals(r["per_window"])})
             except MoyuError as e:  # one method failing on one architecture is itself a finding
                 table.append({"model": model, "method": name, "error": str(e).splitlines()[0][:200]})
             if progress:

@@ -108,6 +108,17 @@ def mean_ci(x, alpha: float = ALPHA) -> dict:
             "interval": "t"}
 
 
+def window_intervals(per_window: list[dict]) -> dict:
+    """Intervals over the quality protocol's windows (n = windows): the perplexity ratio's as exp of
+    the t interval of the per-window mean NLL difference (so it brackets the pooled ratio), KL's
+    and top-1 agreement's as t intervals."""
+    log_ratio = mean_ci([w["nll"] - w["dense_nll"] for w in per_window])
+    ratio = {"mean": math.exp(log_ratio["mean"]), "lo": math.exp(log_ratio["lo"]),
+             "hi": math.exp(log_ratio["hi"]), "n": log_ratio["n"], "interval": "exp of a t interval of the log"}
+    return {"ppl_ratio_ci": ratio, "kl_ci": mean_ci([w["kl"] for w in per_window]),
+            "top1_ci": mean_ci([w["top1_agree"] for w in per_window])}
+
+
 def diff_ci(a, b, paired: bool = False, alpha: float = ALPHA) -> dict:
     """Difference of means a - b with its (1 - alpha) t interval and Cohen's d.
 
