@@ -67,9 +67,26 @@ def url_state(name: str, default: Any, cast: Callable[[str], Any] = str,
                          f"{f' (allowed: {allowed})' if allowed else ''}; reset to {_shown(value)}.", value)
         st.session_state[key] = value
     elif valid is not None and not valid(st.session_state[key]):
-        st.session_state[key] = default   # e.g. another run, with fewer layers: quietly the default
+        # e.g. another run with fewer layers, or another page's "nothing chosen": the link's value
+        # where it fits, else quietly the default
+        st.session_state[key] = _from_url(name, cast, valid, default)
+    elif key not in st.session_state.setdefault("bound_url_keys", set()):
+        # the first widget of this page to take the key (a page may draw it only on a later run,
+        # e.g. Neurons once an atlas is chosen): the value goes through the API, which that
+        # widget takes, where a widget new to the key would otherwise start from its default
+        st.session_state[key] = st.session_state[key]
+    st.session_state["bound_url_keys"].add(key)
     _show_notice(name, st.session_state[key])
     return key
+
+
+def _from_url(name: str, cast: Callable[[str], Any], valid: Callable[[Any], bool], default: Any) -> Any:
+    raw = st.query_params.get(name)
+    try:
+        value = cast(raw) if raw is not None else default
+    except (TypeError, ValueError):
+        return default
+    return value if valid(value) else default
 
 
 def _shown(value: Any) -> str:
@@ -88,6 +105,7 @@ def entering(page: str) -> None:
         return
     st.session_state["page"] = page
     st.session_state.pop("url_notices", None)
+    st.session_state["bound_url_keys"] = set()
     for key in [k for k in st.session_state if str(k).startswith("url_")]:
         st.session_state[key] = st.session_state[key]
 

@@ -19,11 +19,11 @@ visit of a 1024-token run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
-
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +34,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def _e2e_conftest():
     """The browser tests' app start and Chromium settings, loaded from its file."""
-    import importlib.util
     spec = importlib.util.spec_from_file_location("moyu_e2e_conftest", ROOT / "tests" / "e2e" / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -303,7 +302,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=20)
     report["interactions"] = {k: summary(v) for k, v in timer.results.items()}
-    goal = {k: (3000 if k.startswith("methods: first visit") else 1000) for k in report["interactions"]}
+    first_visits = ("methods: first visit", "methods: link straight to an unseen run")   # the issue's 3 s goal
+    goal = {k: (3000 if k.startswith(first_visits) else 1000) for k in report["interactions"]}
     report["goal_ms"] = goal
     report["worst_drawn_ms"] = max(v["drawn"]["max_ms"] for v in report["interactions"].values())
     if args.json:
