@@ -104,6 +104,7 @@ def test_four_sessions_and_a_cli_capture(fresh_server, new_page, artifacts):
         page.get_by_text("Recall of the oracle").first.wait_for(timeout=240_000)
         wait_idle(page)
         heads = page.locator('[data-testid="stExpander"] summary')   # one section per chosen method
+        heads.filter(has_text=f"{m} · ").first.wait_for(timeout=240_000)   # drawn below the grid, later
         assert heads.filter(has_text=f"{m} · ").count() == 1 and run_id_of(page) == rid
         assert all(heads.filter(has_text=f"{o} · ").count() == 0 for o in methods if o != m)
         no_traceback(page)
