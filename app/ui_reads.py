@@ -20,6 +20,9 @@ _PIECES = Lru(max_items=64)       # display labels (byte pieces merged)
 _STATS = Lru(max_items=16)        # attention received (L, H, T) and residual norms (L, T): 1 MB each
 _OVERVIEW = Lru(max_items=32)     # per-layer frequency (L, d_ff) and inertia rows: 0.4 MB each
 _ORDERS = Lru(max_items=128)      # neuron permutations (d_ff,)
+# kept here, not in the page scripts: a page script runs afresh on every rerun, and so would its caches
+POOLED = Lru(max_items=24)        # Explore: (db, run, layer, norm, order, first) -> pooled overview and its sources
+NEURONS = Lru(max_items=256)      # Neurons: (folder, manifest updated, layer, neuron) -> dashboard data
 
 
 def layer(run_id: str, layer_index: int):

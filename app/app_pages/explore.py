@@ -19,7 +19,6 @@ import ui_text
 from moyu_core import analysis, models, wordlists
 from moyu_core.errors import MoyuError
 from moyu_core.tokens_display import per_token
-from ui_cache import Lru
 
 WINDOW_TOKENS = 48        # rows of the detailed heatmap
 WIDTHS = [128, 256, 512, 768]  # neurons (columns) of the detailed heatmap
@@ -27,7 +26,6 @@ OVERVIEW_ROWS, OVERVIEW_COLS = 128, 256  # pooled overview: at most 32k cells
 NORM_NAMES = {"raw": "raw z", "abs": "|z|", "token": "per-token normalised"}
 CLIPS = [100.0, 99.9, 99.5, 99.0, 95.0]  # colour scale ends at this percentile of |values|
 MAX_TOKENS_CAP = 4096  # capture keeps each layer's attention weights: memory grows with length squared
-_POOLED = Lru(max_items=24)     # (db, run, layer, norm, order, first) -> pooled overview and its sources
 
 
 def _fill(text: str) -> None:
@@ -244,7 +242,7 @@ def _layer_view(rec) -> None:
         shown_T = T - first
         if shown_T > WINDOW_TOKENS or D > 512:
             key = (ui_store.db_path(), rec.run_id, li, norm, order, first)
-            pooled, re_, ce, rows, cols = _POOLED.get_or_put(
+            pooled, re_, ce, rows, cols = ui_reads.POOLED.get_or_put(
                 key, lambda: analysis.pool2d_strongest(vals[first:], OVERVIEW_ROWS, OVERVIEW_COLS))
             strongest = np.stack([rows + first, perm[cols]], axis=-1)   # (R, C, 2): token, neuron id
             strongest = strongest.astype(np.int16 if max(T, D) < 2**15 else np.int32)

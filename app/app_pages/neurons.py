@@ -24,9 +24,7 @@ from moyu_core import models
 from moyu_core.atlas.diff import BY, neuron_differences
 from moyu_core.atlas.query import open_atlas
 from moyu_core.errors import MoyuError
-from ui_cache import Lru
 
-_NEURONS = Lru(max_items=256)   # (folder, manifest updated, layer, neuron) -> dashboard data
 TOP_N = 20
 
 
@@ -72,7 +70,7 @@ def choose_atlas(model: str):
 
 def neuron_data(atlas, layer: int, neuron: int) -> dict:
     key = (atlas.location, atlas.manifest.get("updated"), layer, neuron)
-    return _NEURONS.get_or_put(key, lambda: atlas.neuron(layer, neuron))
+    return ui_reads.NEURONS.get_or_put(key, lambda: atlas.neuron(layer, neuron))
 
 
 def _esc(text: str) -> str:
