@@ -7,11 +7,11 @@ handing every layer's z (T, d_ff), act(gate_proj(x)) and the MLP input x to `_Ag
 which updates, over the piece's positions 1..T-1 (position 0 is the sink):
 
     n        measured tokens
-    top10    tokens where the neuron is in its layer's top 10% by |z| (`methods.base.topk_mask`)
+    top10    tokens where the neuron is in its layer's top 10% by |z| (ties: the lowest neuron ids)
     stay     tokens t with the neuron in the top 10% at t and at t+1 (t+1 in the same piece)
     prev     tokens t with the neuron in the top 10% at t and a token t+1 in the piece
     sum_abs  sum of |z| (float64 across pieces)     max_abs  max |z|
-    hist     counts of z in fixed bins (`hist_bins`)
+    hist     counts of z in `shards.HIST_EDGES`' bins (as numpy.searchsorted(edges, z, "right"))
     kept     per method: tokens where it keeps the neuron (the method's own `select` at keep 0.5,
              given the whole piece as its prompt)
     top      the K largest z with the token each came from (candidates, merged later)
@@ -27,15 +27,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .. import hooks
+from .. import hooks, kernels
 from ..analysis import TOP_FRACTION
 from ..errors import MoyuError
 from ..methods import REGISTRY, Method, make
-from ..methods.base import topk_mask
+from ..keep import keep_count
 from ..models import fused_attention
 from ..preparation import prepare
 from .corpus import Chunk
-from .shards import N_BINS
+from . import shards
 
 KEEP = 0.5          # the keep at which each method's choice is counted
 TOP_K_RANGE = (1, 100)
@@ -71,68 +71,56 @@ def token_pieces(lm, ids) -> list[str]:
     return [memo[int(i)] for i in ids]
 
 
-def hist_bins(z: torch.Tensor) -> torch.Tensor:
-    """Histogram bin of each z, float (exact small integers): 25 + sign(z) * m with the magnitude
-    class m = clamp(floor(4 log10 |z|) + 13, 0, 25), so bin 25 holds |z| < 1e-3, bins 26..50
-    (24..0) hold z >= 1e-3 (<= -1e-3) by quarter decades, the outer ones |z| >= 1e3. These are
-    shards.HIST_EDGES' bins (a value exactly on a negative edge counts one bin nearer zero)."""
-    m = z.abs().log10_().mul_(4).floor_().add_(13).clamp_(0, 25)
-    return m.mul_(z.sign()).add_(25)
+def _hist_table() -> tuple[torch.Tensor, torch.Tensor]:
+    """`row_stats.cpp`'s histogram lookup table over the top 11 bits of a float32 |z| (sign 0,
+    8 exponent bits, 2 mantissa bits): per bucket, the count of positive edges below its lowest
+    value and the one edge inside it (inf where none); quarter-decade edges are too far apart
+    for two in one bucket."""
+    mags = shards.HIST_EDGES[shards.HIST_EDGES > 0]
+    bits = np.arange(2049, dtype=np.uint64) << 21          # bucket starts; from 1024 on: sign set
+    bounds = np.where(bits < 0x7F800000, bits.astype(np.uint32).view(np.float32), np.inf).astype(np.float64)
+    lo, hi = bounds[:-1], bounds[1:]                          # [lo, hi) per bucket; inf and NaN at the top
+    below = np.searchsorted(mags, lo, side="left")            # edges < lo
+    inside = np.searchsorted(mags, hi, side="left") - below   # edges in [lo, hi)
+    assert inside.max() <= 1
+    edge = np.where(inside == 1, mags[np.minimum(below, len(mags) - 1)], np.inf)
+    return torch.from_numpy(below.astype(np.int32)), torch.from_numpy(edge)
+
+
+_HIST_TABLE = _hist_table()
 
 
 class _Aggregates:
-    """Running partial aggregates of one chunk, per layer (L, ...) tensors. Counts over tokens
-    are products with a row of ones (a matrix-vector product reads a 0/1 matrix once, where a
-    boolean column sum converts it to int64 first)."""
+    """Running partial aggregates of one chunk, per layer (L, ...) tensors: counts (L, 3, D) =
+    top10, stay, prev; the top-K (L, K, D) values (descending, -inf where empty) and the index
+    of each one's measured token in the chunk. `row_stats.cpp`'s `atlas_accumulate` updates all
+    but the methods' counts in one pass over z; `add_column_counts` adds a method's mask."""
 
     def __init__(self, lm, methods: list[Method], top_k: int):
         L, D = lm.n_layers, lm.d_ff
         self.lm, self.methods, self.top_k, self.D = lm, methods, top_k, D
-        self.top10 = torch.zeros(L, D, dtype=torch.int64)
-        self.stay = torch.zeros(L, D, dtype=torch.int64)
-        self.prev = torch.zeros(L, D, dtype=torch.int64)
+        self.ops = kernels.row_ops()
+        self.counts = torch.zeros(L, 3, D, dtype=torch.int64)
         self.sum_abs = torch.zeros(L, D, dtype=torch.float64)
         self.max_abs = torch.zeros(L, D)
-        self.hist = torch.zeros(L, N_BINS * D, dtype=torch.int64)
+        self.hist = torch.zeros(L, shards.N_BINS, D, dtype=torch.int64)
         self.kept = torch.zeros(len(methods), L, D, dtype=torch.int64)
-        self.top_v: list[torch.Tensor | None] = [None] * L   # (k, D) values, descending
-        self.top_j: list[torch.Tensor | None] = [None] * L   # (k, D) index of the measured token
-        self.cols = torch.arange(D, dtype=torch.float32)
+        self.top_v = torch.full((L, top_k, D), -torch.inf)
+        self.top_j = torch.full((L, top_k, D), -1, dtype=torch.int64)
         self.base = 0   # measured tokens of the chunk before the running piece
 
-    @staticmethod
-    def _count(ones: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Column sums (D,) int64 of a 0/1 matrix m (N, D)."""
-        return (ones[:, :len(m)] @ m.float())[0].long()
-
     def add(self, i: int, z: torch.Tensor, gate: torch.Tensor, x: torch.Tensor) -> None:
-        z = z[0].detach().float()                      # (T, D)
+        z = z[0].detach().float().contiguous()         # (T, D)
         T = len(z)
-        ones = torch.ones(1, T)
-        a = z.abs()
-        m = topk_mask(a, TOP_FRACTION).float()         # (T, D) each token's top 10% by |z|
-        self.top10[i] += self._count(ones, m[1:])
-        self.stay[i] += self._count(ones, m[1:-1] * m[2:])
-        self.prev[i] += self._count(ones, m[1:-1])
-        self.sum_abs[i] += (ones[:, :T - 1] @ a[1:])[0].double()
-        torch.maximum(self.max_abs[i], a[1:].amax(0), out=self.max_abs[i])
-        idx = hist_bins(z[1:]).mul_(self.D).add_(self.cols).long()     # (T-1, D) flat bin index
-        self.hist[i] += torch.bincount(idx.view(-1), minlength=N_BINS * self.D)
+        m10 = self.ops.topk_mask_rows(z, keep_count(self.D, TOP_FRACTION), True)   # each token's top 10% by |z|
+        self.ops.atlas_accumulate(z, m10, self.counts[i], self.sum_abs[i], self.max_abs[i], self.hist[i],
+                                  *_HIST_TABLE, self.top_v[i], self.top_j[i], self.base)
         for j, method in enumerate(self.methods):
             keep = method.select(i, z, gate, self.lm, x)                # (T, D) bool
-            # a sequence-level method keeps one set for every token of the piece
-            self.kept[j, i] += keep[1].long() * (T - 1) if method.sequence_level else self._count(ones, keep[1:])
-        self._top(i, z[1:])
-
-    def _top(self, i: int, zm: torch.Tensor) -> None:
-        """Merge the piece's measured rows zm (N, D) into layer i's running top-K."""
-        v, idx = torch.topk(zm, min(self.top_k, len(zm)), dim=0)    # (k, D)
-        idx += self.base
-        if self.top_v[i] is not None:
-            v, idx = torch.cat([self.top_v[i], v]), torch.cat([self.top_j[i], idx])
-            v, order = torch.topk(v, min(self.top_k, len(v)), dim=0)
-            idx = idx.gather(0, order)
-        self.top_v[i], self.top_j[i] = v, idx
+            if method.sequence_level:   # one set for every token of the piece
+                self.kept[j, i] += keep[1].long() * (T - 1)
+            else:
+                self.ops.add_column_counts(keep.contiguous(), 1, self.kept[j, i])
 
 
 @torch.inference_mode()
@@ -161,24 +149,21 @@ def _tables(lm, agg: _Aggregates, chunk: Chunk, docs: np.ndarray, poss: np.ndarr
     L, D, M = lm.n_layers, lm.d_ff, len(agg.methods)
     layer = np.repeat(np.arange(L, dtype=np.int16), D)
     neuron = np.tile(np.arange(D, dtype=np.int32), L)
-    hist = agg.hist.view(L, N_BINS, D).permute(0, 2, 1).reshape(-1).numpy()   # (L*D*N_BINS,) neuron-major
+    hist = agg.hist.permute(0, 2, 1).reshape(-1).numpy()   # (L*D*shards.N_BINS,) neuron-major
     stats = pa.table({
         "layer": layer, "neuron": neuron, "n": np.full(L * D, agg.base, np.int64),
-        "top10": agg.top10.reshape(-1).numpy(), "stay": agg.stay.reshape(-1).numpy(),
-        "prev": agg.prev.reshape(-1).numpy(), "sum_abs": agg.sum_abs.reshape(-1).numpy(),
+        "top10": agg.counts[:, 0].reshape(-1).numpy(), "stay": agg.counts[:, 1].reshape(-1).numpy(),
+        "prev": agg.counts[:, 2].reshape(-1).numpy(), "sum_abs": agg.sum_abs.reshape(-1).numpy(),
         "max_abs": agg.max_abs.reshape(-1).numpy(),
-        "hist": pa.ListArray.from_arrays(np.arange(0, L * D * N_BINS + 1, N_BINS, dtype=np.int32), hist)})
+        "hist": pa.ListArray.from_arrays(np.arange(0, L * D * shards.N_BINS + 1, shards.N_BINS, dtype=np.int32), hist)})
     names = [m.name for m in agg.methods]
     kept = pa.table({
         "layer": np.repeat(layer, M), "neuron": np.repeat(neuron, M),
         "method": pa.array(np.tile(np.array(names, dtype=object), L * D), pa.string()).dictionary_encode(),
         "kept": agg.kept.permute(1, 2, 0).reshape(-1).numpy()})
-    if agg.base == 0:   # a chunk of one-token pieces: nothing measured
-        top_v, top_j = np.zeros((L * D, 0), np.float32), np.zeros((L * D, 0), np.int64)
-    else:
-        top_v = torch.stack(agg.top_v).permute(0, 2, 1).reshape(L * D, -1).numpy()   # (L*D, k)
-        top_j = torch.stack(agg.top_j).permute(0, 2, 1).reshape(L * D, -1).numpy()
-    k = top_v.shape[1]
+    k = min(agg.top_k, agg.base)    # 0 for a chunk of one-token pieces: nothing measured
+    top_v = agg.top_v[:, :k].permute(0, 2, 1).reshape(L * D, k).numpy()   # (L*D, k)
+    top_j = agg.top_j[:, :k].permute(0, 2, 1).reshape(L * D, k).numpy()
     text_ids = {(p.doc, p.doc_pos(q)): t for p in chunk.pieces for q, t in enumerate(p.ids) if q >= p.n_bos}
     token_of = np.array([text_ids[(d, q)] for d, q in zip(docs.tolist(), poss.tolist())], np.int32)
     top = pa.table({

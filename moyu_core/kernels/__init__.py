@@ -1,7 +1,7 @@
-"""Fused batch-1 kernels for executed sparse decoding (`sparse_decode.cpp`), and the weight
-layouts they read.
+"""Fused batch-1 kernels for executed sparse decoding (`sparse_decode.cpp`), the weight layouts
+they read, and whole-sequence statistics kernels (`row_stats.cpp`: top-k masks, atlas aggregates).
 
-The C++ source is compiled on first use with `torch.utils.cpp_extension.load` (g++ and ninja,
+Each C++ source is compiled on first use with `torch.utils.cpp_extension.load` (g++ and ninja,
 ninja from requirements.txt) into `cache/kernels/` and reused by every later process; a changed
 source rebuilds. Flags are portable (-O3, no -march): the inner loops are built for AVX-512,
 AVX2+FMA and plain x86-64 and chosen at run time. The kernels run on torch's own thread pool
@@ -27,9 +27,9 @@ import torch
 from ..errors import MoyuError
 
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")   # the kernels' `kind` codes, in order
-_SOURCE = Path(__file__).with_name("sparse_decode.cpp")
+_HERE = Path(__file__).parent
 _lock = threading.Lock()
-_ops = None
+_loaded: dict[str, object] = {}
 
 
 def _build_dir() -> Path:
@@ -38,25 +38,35 @@ def _build_dir() -> Path:
     return Path(CACHE_DIR) / "kernels" / tag
 
 
-def ops():
-    """The compiled kernels (built on the first call of the process if needed, then loaded)."""
-    global _ops
+def _load(source: str):
+    """The extension compiled from `source` in this folder (built on the first call of the
+    process if needed, then loaded)."""
     with _lock:
-        if _ops is None:
+        if source not in _loaded:
             from torch.utils import cpp_extension
             bin_dir = str(Path(sys.executable).parent)   # the venv's ninja, where PATH lacks it
             if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
                 os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-            build = _build_dir()
+            build = _build_dir() / Path(source).stem
             build.mkdir(parents=True, exist_ok=True)
             try:
-                _ops = cpp_extension.load(
-                    name="moyu_sparse_decode", sources=[str(_SOURCE)], build_directory=str(build),
+                _loaded[source] = cpp_extension.load(
+                    name=f"moyu_{Path(source).stem}", sources=[str(_HERE / source)], build_directory=str(build),
                     extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"], extra_ldflags=["-fopenmp"],
                     verbose=False)
             except (RuntimeError, OSError, ImportError) as e:
-                raise MoyuError(f"could not build the decode kernels ({_SOURCE.name}): {e}") from None
-        return _ops
+                raise MoyuError(f"could not build the kernels of {source}: {e}") from None
+        return _loaded[source]
+
+
+def ops():
+    """The decode kernels (`sparse_decode.cpp`)."""
+    return _load("sparse_decode.cpp")
+
+
+def row_ops():
+    """The whole-sequence statistics kernels (`row_stats.cpp`): top-k masks, atlas aggregates."""
+    return _load("row_stats.cpp")
 
 
 def activation_kind(act: torch.nn.Module) -> int | None:

@@ -463,8 +463,6 @@ torch::Tensor hugepage_rows(torch::Tensor t, torch::Tensor idx) {
   return out;
 }
 
-float act_value(double g, int64_t kind) { return act(static_cast<float>(g), kind); }
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -480,5 +478,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv);
   m.def("hugepage_copy", &hugepage_copy);
   m.def("hugepage_rows", &hugepage_rows);
-  m.def("act", &act_value);
 }

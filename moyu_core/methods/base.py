@@ -8,9 +8,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
+from .. import kernels
 from ..errors import MoyuError
 from ..keep import keep_count
 
@@ -113,17 +113,21 @@ class Method:
         raise NotImplementedError
 
 
-def topk_mask(score: torch.Tensor, keep: float) -> torch.Tensor:
-    """Bool mask keeping the top `keep_count(n, keep)` entries of the last dim of score."""
+def topk_mask(score: torch.Tensor, keep: float, absolute: bool = False) -> torch.Tensor:
+    """Bool mask keeping the top `keep_count(n, keep)` entries of the last dim of score (of
+    |score| when `absolute`); ties at the k-th value keep the lowest indices (CPU float32:
+    `row_stats.cpp`'s radix select; other tensors, or where the kernels cannot be built:
+    torch.topk, which keeps any k of the tied)."""
     n = score.shape[-1]
     k = keep_count(n, keep)
     if k >= n:
         return torch.ones_like(score, dtype=torch.bool)
-    if score.device.type == "cpu" and score.dtype == torch.float32:
-        # the k-th largest value by a value partition, then one comparison
-        a = score.detach().reshape(-1, n).numpy()
-        mask = a >= np.partition(a, n - k, axis=1)[:, n - k, None]
-        if (np.count_nonzero(mask, axis=1) == k).all():  # no ties at the k-th value: the top-k set
-            return torch.from_numpy(mask).reshape(score.shape)
-    idx = score.topk(k, dim=-1, sorted=False).indices     # ties: topk keeps exactly k
+    if score.device.type == "cpu" and score.dtype == torch.float32 and score.numel():
+        try:
+            ops = kernels.row_ops()
+        except MoyuError:
+            ops = None
+        if ops is not None:
+            return ops.topk_mask_rows(score.detach().reshape(-1, n).contiguous(), k, absolute).reshape(score.shape)
+    idx = (score.abs() if absolute else score).topk(k, dim=-1, sorted=False).indices
     return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True)

@@ -134,4 +134,5 @@ class Moe(Method):
         score = self.expert_scores(layer, z, gate, lm, x)                       # (T, E)
         top = score.topk(keep_count(self.params.experts, self.params.keep), dim=-1).indices
         keep_e = torch.zeros(rows, self.params.experts, dtype=torch.bool).scatter_(1, top, True)
-        return keep_e[:, self.resource(lm, "derived")[layer].assign]
+        assign = self.resource(lm, "derived")[layer].assign
+        return keep_e.gather(1, assign.expand(rows, -1))                        # (T, d_ff)

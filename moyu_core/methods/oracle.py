@@ -11,4 +11,4 @@ class Oracle(Method):
     Params = KeepParams
 
     def select(self, layer, z, gate, lm, x=None):
-        return topk_mask(z.abs(), self.params.keep)
+        return topk_mask(z, self.params.keep, absolute=True)
