@@ -16,7 +16,14 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	$(PY) -m pip install --quiet -e ".[ray]"   # this package (no runtime deps) and the optional Ray extra, tested
 	touch $@
 
-setup: $(VENV)/.installed
+# The C++ kernels (moyu_core/kernels), compiled once per machine and again when a source changes,
+# so neither the app's first method view nor a test waits for the compiler.
+KERNELS := cache/kernels/.built
+$(KERNELS): $(VENV)/.installed $(wildcard moyu_core/kernels/*.cpp)
+	$(PY) -c "from moyu_core import kernels; kernels.ops(); kernels.row_ops()"
+	touch $@
+
+setup: $(VENV)/.installed $(KERNELS)
 
 run: setup
 	$(PY) -m streamlit run app/streamlit_app.py
