@@ -6,7 +6,9 @@ the dashboard query over a 1M-token atlas, size on disk.
 
 1. Throughput: the same 512-token pieces of pydoc_data.topics through the plain forward (decoder
    body, SDPA, no hook: what the build runs) and through `collect.compute_chunk` (all methods,
-   and no method), alternating; the median of per-pair tokens/s ratios (goal >= 0.85).
+   and no method), alternating; the median of per-pair tokens/s ratios (goal >= 0.85). The
+   pieces form one chunk, as a build groups them (a chunk's per-neuron top-K fills on its first
+   piece, then rarely changes; a build's default chunk holds 32 pieces, this one --pieces).
 2. Ray: the same chunks in-process with one torch thread, then on a local Ray cluster of 2
    workers (one thread each); scaling efficiency per core = (t_1 / t_2) / 2 over the chunk work
    (goal >= 0.8), with the cluster start and model loads reported apart.
@@ -44,14 +46,19 @@ def pieces(lm, n: int) -> list[corpus.Chunk]:
     return [corpus.Chunk(i, (corpus.Piece(0, i * w, bos + tuple(ids[i * w:(i + 1) * w]), len(bos)),)) for i in range(n)]
 
 
+def one_chunk(lm, n: int) -> list[corpus.Chunk]:
+    """The same n pieces as one chunk, as a build groups them (`corpus.CHUNK_TOKENS`: 32 pieces)."""
+    return [corpus.Chunk(0, tuple(c.pieces[0] for c in pieces(lm, n)))]
+
+
 def throughput(lm, chunks, pairs: int) -> dict:
     methods, skipped = collect.ready_methods(lm)
 
     @torch.inference_mode()
     def plain():
         with models.fused_attention(lm):
-            for c in chunks:
-                lm.body(torch.tensor([c.pieces[0].ids]), use_cache=False)
+            for p in (p for c in chunks for p in c.pieces):
+                lm.body(torch.tensor([p.ids]), use_cache=False)
 
     def build_with(ms):
         for c in chunks:
@@ -217,7 +224,7 @@ def main() -> None:
     models.setup_compute()
     lm = models.load(args.model)
     out = {"model": lm.name, "threads": torch.get_num_threads()}
-    out["throughput"] = throughput(lm, pieces(lm, args.pieces), args.pairs)
+    out["throughput"] = throughput(lm, one_chunk(lm, args.pieces), args.pairs)
     if args.ray_chunks:
         out["ray"] = ray_scaling(lm, pieces(lm, args.ray_chunks))
     out["query"] = query_time(lm, args.query_tokens, args.queries)
