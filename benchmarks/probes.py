@@ -1,0 +1,109 @@
+"""Probes behind the closing notes' explanations (not goals): where the atlas' method counts and
+teal's decode spend their time.
+
+    .venv/bin/python benchmarks/probes.py selects      each method's `select` on one 512-token piece (ms per layer)
+    .venv/bin/python benchmarks/probes.py teal-decode  teal_mlp against mlp_dense per layer call inside a real
+                                                       decode (cProfile), with teal's kept share of its inputs
+    .venv/bin/python benchmarks/probes.py linear-t     input-channel products (linear_t) against the dense gemv,
+                                                       30 layers of each attention/MLP shape, half and all kept
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import time
+
+import torch
+
+from moyu_core import corpora, hooks, kernels, models
+from moyu_core.atlas import collect
+from moyu_core.decode import generate
+from moyu_core.methods import make
+from moyu_core.preparation import prepare
+
+PROMPT = "Python's standard library reference describes the built-in types, the exceptions and"
+
+
+def _median_ms(f, n: int = 15) -> float:
+    f()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def selects(lm, layer: int = 5) -> None:
+    """Each ready method's select on layer `layer` of 512 pydoc tokens, as the atlas calls it."""
+    ids = (lm.bos_ids + corpora.pydoc_ids(lm.tokenizer))[:512]
+    seen = {}
+
+    def grab(i, z, g, x):
+        if i == layer:
+            seen.update(z=z[0].float().contiguous(), g=g, x=x)
+
+    with torch.inference_mode(), models.fused_attention(lm), hooks.method_intervention(lm, grab):
+        lm.body(torch.tensor([ids]), use_cache=False)
+    methods, skipped = collect.ready_methods(lm)
+    with torch.inference_mode():
+        for m in methods:
+            ms = _median_ms(lambda: m.select(layer, seen["z"], seen["g"], lm, seen["x"]), 10)
+            print(f"{m.name:12s} {ms:6.2f} ms")
+    for name, why in skipped.items():
+        print(f"{name:12s} skipped: {why}")
+
+
+def teal_decode(lm, tokens: int = 48) -> None:
+    teal, dense = prepare(lm, make("teal", keep=0.5)), make("dense")
+    ops, shares = kernels.ops(), []
+    run = ops.teal_mlp
+
+    def counted(gut, dt, x, kind, tg, tu, td):
+        shares.append(float((x.abs() >= tg).float().mean()))
+        return run(gut, dt, x, kind, tg, tu, td)
+
+    ops.teal_mlp = counted
+    try:
+        for m in (dense, teal):
+            generate(lm, PROMPT, m, 8)          # warm: layouts built, kernels loaded
+        for m, fn in ((dense, "mlp_dense"), (teal, "teal_mlp")):
+            prof = cProfile.Profile()
+            prof.runcall(generate, lm, PROMPT, m, tokens)
+            st = pstats.Stats(prof).stats
+            calls, total = next((v[1], v[2]) for k, v in st.items() if k[2].endswith(f".{fn}>"))
+            print(f"{m.name:6s} {fn}: {calls} calls, {1e3 * total / calls:.3f} ms per call")
+    finally:
+        ops.teal_mlp = run
+    print(f"teal's kept share of the MLP input: {statistics.mean(shares):.3f} over {len(shares)} calls")
+
+
+def linear_t(lm) -> None:
+    ops, L, d = kernels.ops(), lm.n_layers, lm.d_model
+    g = torch.Generator().manual_seed(0)
+    for out, bounds in ((960, [0, 576, 768, 960]), (576, [0, 576]), (3072, [0, 1536, 3072])):
+        ws = [torch.randn(out, d, generator=g) for _ in range(L)]
+        wt, wr = [kernels.hugepage(w.T) for w in ws], [kernels.hugepage(w) for w in ws]
+        xs = [torch.randn(d, generator=g) for _ in range(L)]
+        half = [float(x.abs().median()) for x in xs]
+        S = len(bounds) - 1
+        row = {"gemv": _median_ms(lambda: [ops.gemv(wr[i], xs[i]) for i in range(L)]),
+               "linear_t half": _median_ms(lambda: [ops.linear_t(wt[i], xs[i], bounds, [half[i]] * S) for i in range(L)]),
+               "linear_t all": _median_ms(lambda: [ops.linear_t(wt[i], xs[i], bounds, [0.0] * S) for i in range(L)])}
+        print(f"{out}x{d}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("probe", choices=["selects", "teal-decode", "linear-t"])
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    models.setup_compute(args.threads)
+    lm = models.load()
+    {"selects": selects, "teal-decode": teal_decode, "linear-t": linear_t}[args.probe](lm)
+
+
+if __name__ == "__main__":
+    main()
