@@ -1,6 +1,8 @@
 """Probes behind the closing notes' explanations (not goals): where the atlas' method counts and
 teal's decode spend their time.
 
+    .venv/bin/python benchmarks/probes.py topk         a 512x1536 top-k mask: row_stats.cpp's radix select
+                                                       against torch.topk (topk_mask's fallback)
     .venv/bin/python benchmarks/probes.py selects      each method's `select` on one 512-token piece (ms per layer)
     .venv/bin/python benchmarks/probes.py teal-decode  teal_mlp against mlp_dense per layer call inside a real
                                                        decode (cProfile), with teal's kept share of its inputs
@@ -20,6 +22,7 @@ import torch
 from moyu_core import corpora, hooks, kernels, models
 from moyu_core.atlas import collect
 from moyu_core.decode import generate
+from moyu_core.keep import keep_count
 from moyu_core.methods import make
 from moyu_core.preparation import prepare
 
@@ -34,6 +37,16 @@ def _median_ms(f, n: int = 15) -> float:
         f()
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def topk(lm) -> None:
+    z = torch.randn(512, lm.d_ff, generator=torch.Generator().manual_seed(0))
+    for keep in (0.1, 0.5):
+        k = keep_count(lm.d_ff, keep)
+        radix = _median_ms(lambda: kernels.row_ops().topk_mask_rows(z, k, True))
+        fallback = _median_ms(lambda: torch.zeros_like(z, dtype=torch.bool).scatter_(
+            -1, z.abs().topk(k, dim=-1, sorted=False).indices, True))
+        print(f"keep {keep}: radix select {radix:.2f} ms, torch.topk {fallback:.2f} ms")
 
 
 def selects(lm, layer: int = 5) -> None:
@@ -97,12 +110,12 @@ def linear_t(lm) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=["selects", "teal-decode", "linear-t"])
+    ap.add_argument("probe", choices=["topk", "selects", "teal-decode", "linear-t"])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     models.setup_compute(args.threads)
     lm = models.load()
-    {"selects": selects, "teal-decode": teal_decode, "linear-t": linear_t}[args.probe](lm)
+    {"topk": topk, "selects": selects, "teal-decode": teal_decode, "linear-t": linear_t}[args.probe](lm)
 
 
 if __name__ == "__main__":

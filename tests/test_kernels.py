@@ -41,14 +41,6 @@ def _masked_mlp(gate, up, down, x, kind, keep):
     return down @ (z * keep), z
 
 
-@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("n,d", [(64, 32), (1536, 576), (200, 72)])
 @pytest.mark.parametrize("kind", [0, 1, 2, 3])
 def test_mlp_kernels_equal_masked_dense(n, d, kind, threads):

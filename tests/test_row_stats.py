@@ -9,14 +9,6 @@ from moyu_core.atlas import collect, shards
 from moyu_core.methods.base import topk_mask
 
 
-@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def _reference_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest of each row by a stable sort: ties at the k-th value keep the lowest indices."""
     order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
