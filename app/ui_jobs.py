@@ -21,6 +21,7 @@ import streamlit as st
 
 from moyu_core import analysis, calibration, masks, methods
 from moyu_core.keep import keep_count
+import ui_state
 from ui_cache import Lru
 from ui_reads import layer, tokens
 from ui_store import db_path, model
@@ -339,6 +340,7 @@ def wait(jobs: list[Job], key: str, grace: float = 0.0) -> bool:
     def poll():
         now = [j for j in left if not j.done()]
         if not now:
+            ui_state.hold_url_values()
             st.rerun()
         for j in now:
             st.progress(j.fraction, text=f"⏳ {j.label}" + (f" — {j.message}" if j.message else ""))

@@ -6,6 +6,7 @@ from typing import Any, Callable
 from urllib.parse import urlencode
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 PAGE_PATHS = ("explore", "heavy_hitters", "neurons", "methods", "compare", "runs", "experiments")
 
@@ -106,8 +107,19 @@ def entering(page: str) -> None:
     st.session_state["page"] = page
     st.session_state.pop("url_notices", None)
     st.session_state["bound_url_keys"] = set()
+    hold_url_values()
+
+
+def hold_url_values() -> None:
+    """Before an `st.rerun()` from inside a fragment: every URL-backed key is set again through
+    the API. A rerun from a fragment ends a run in which the page's other widgets did not
+    register, and Streamlit may then drop their values as stale (streamlit#11266, #10805; seen
+    as an empty Methods box); a value set through the API is kept, and the widget takes it."""
     for key in [k for k in st.session_state if str(k).startswith("url_")]:
-        st.session_state[key] = st.session_state[key]
+        try:
+            st.session_state[key] = st.session_state[key]
+        except StreamlitAPIException:   # its widget is drawn in this very run: its value is current
+            pass
 
 
 def sync_url(name: str, to_str: Callable[[Any], str] = str) -> Any:

@@ -5,11 +5,14 @@ the dashboard query over a 1M-token atlas, size on disk.
     .venv/bin/python benchmarks/atlas.py --pieces 1 --pairs 2 --ray-chunks 2 --query-tokens 20000
 
 1. Throughput: the same 512-token pieces of pydoc_data.topics through the plain forward (decoder
-   body, SDPA, no hook: what the build runs) and through `collect.compute_chunk` (all methods,
-   and no method), alternating; the median of per-pair tokens/s ratios (goal >= 0.85). The
+   body, SDPA, no hook: what the build runs) and through `collect.compute_chunk`, alternating; the
+   median of per-pair tokens/s ratios (goal >= 0.85) for: "build", what `atlas build` runs by
+   default (every method, its choices counted on every `METHOD_EVERY`-th piece); "methods every
+   piece" (`--method-every 1`); "no method" (`--methods none`). The
    pieces form one chunk, as a build groups them (a chunk's per-neuron top-K fills on its first
    piece, then rarely changes; a build's default chunk holds 32 pieces, this one --pieces).
-2. Ray: the same chunks in-process with one torch thread, then on a local Ray cluster of 2
+2. Ray: one-piece chunks (every method on every piece, so the chunks weigh the same) in-process
+   with one torch thread, then on a local Ray cluster of 2
    workers (one thread each); scaling efficiency per core = (t_1 / t_2) / 2 over the chunk work
    (goal >= 0.8), with the cluster start and model loads reported apart.
 3. Query: an atlas of `--query-tokens` tokens (default 1M) whose tables are SYNTHESISED with the
@@ -34,7 +37,7 @@ import pyarrow as pa
 import torch
 
 from moyu_core import corpora, models
-from moyu_core.atlas import build, collect, corpus, shards
+from moyu_core.atlas import METHOD_EVERY, build, collect, corpus, shards
 from moyu_core.atlas.query import open_atlas
 
 
@@ -43,7 +46,8 @@ def pieces(lm, n: int) -> list[corpus.Chunk]:
     ids = corpora.pydoc_ids(lm.tokenizer)
     bos = tuple(lm.bos_ids)
     w = corpus.PIECE_TOKENS - len(bos)
-    return [corpus.Chunk(i, (corpus.Piece(0, i * w, bos + tuple(ids[i * w:(i + 1) * w]), len(bos)),)) for i in range(n)]
+    return [corpus.Chunk(i, (corpus.Piece(0, i * w, bos + tuple(ids[i * w:(i + 1) * w]), len(bos), i),))
+            for i in range(n)]
 
 
 def one_chunk(lm, n: int) -> list[corpus.Chunk]:
@@ -60,9 +64,9 @@ def throughput(lm, chunks, pairs: int) -> dict:
             for p in (p for c in chunks for p in c.pieces):
                 lm.body(torch.tensor([p.ids]), use_cache=False)
 
-    def build_with(ms):
+    def build_with(ms, every):
         for c in chunks:
-            collect.compute_chunk(lm, ms, c, 20)
+            collect.compute_chunk(lm, ms, c, 20, every)
 
     def timed(f):
         t = time.perf_counter()
@@ -70,16 +74,19 @@ def throughput(lm, chunks, pairs: int) -> dict:
         return time.perf_counter() - t
 
     plain()
-    build_with(methods)   # warm-up
+    build_with(methods, 1)   # warm-up
     tokens = sum(c.tokens for c in chunks)
-    rows = {"all methods": [], "no method": []}
+    sides = {"build": (methods, METHOD_EVERY), "methods every piece": (methods, 1), "no method": ([], 1)}
+    rows = {name: [] for name in sides}
     for _ in range(pairs):
-        for name, ms in (("all methods", methods), ("no method", [])):
+        for name, (ms, every) in sides.items():
             p = timed(plain)
-            b = timed(lambda: build_with(ms))
+            b = timed(lambda: build_with(ms, every))
             rows[name].append(p / b)
-    return {"tokens_per_pair": tokens, "pairs": pairs, "methods": [m.name for m in methods],
-            "skipped": list(skipped),
+    n_pieces = sum(len(c.pieces) for c in chunks)
+    return {"tokens_per_pair": tokens, "pieces": n_pieces, "pairs": pairs, "method_every": METHOD_EVERY,
+            "sampled_pieces": sum(p.ordinal % METHOD_EVERY == 0 for c in chunks for p in c.pieces),
+            "methods": [m.name for m in methods], "skipped": list(skipped),
             **{f"ratio_{k.replace(' ', '_')}": round(statistics.median(v), 3) for k, v in rows.items()},
             "plain_tokens_per_s": round(tokens / timed(plain), 1)}
 
@@ -96,7 +103,7 @@ def ray_scaling(lm, chunks) -> dict:
     models.setup_compute(1)
     t = time.perf_counter()
     for c in chunks:
-        collect.compute_chunk(lm, methods, c, 20)
+        collect.compute_chunk(lm, methods, c, 20, 1)
     t1 = time.perf_counter() - t
     models.setup_compute()
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -107,7 +114,7 @@ def ray_scaling(lm, chunks) -> dict:
         start = time.perf_counter() - t
         actor = ray.remote(num_cpus=1)(ray_runner.ChunkWorker)
         t = time.perf_counter()
-        workers = [actor.remote(lm.name, str(lm.fingerprint), names, 20) for _ in range(2)]
+        workers = [actor.remote(lm.name, str(lm.fingerprint), names, 20, 1) for _ in range(2)]
         ray.get([w.run.remote(chunks[0]) for w in workers])   # model loaded, paths warm
         warm = time.perf_counter() - t
         t = time.perf_counter()
@@ -145,7 +152,8 @@ def synthetic_atlas(lm, folder: Path, n_tokens: int, top_k: int = 20) -> None:
                                                                       dtype=np.int32), hist.reshape(-1))}),
         "kept": pa.table({"layer": np.repeat(layer, len(methods)), "neuron": np.repeat(neuron, len(methods)),
                           "method": pa.array(methods * rows).dictionary_encode(),
-                          "kept": rng.integers(0, n[0], rows * len(methods))}),
+                          "kept": rng.integers(0, n[0] // METHOD_EVERY, rows * len(methods)),
+                          "n": np.full(rows * len(methods), n[0] // METHOD_EVERY, np.int64)}),
         "top": pa.table({"layer": np.repeat(layer, top_k), "neuron": np.repeat(neuron, top_k),
                          "value": -np.sort(-rng.random((rows, top_k)).astype(np.float32), axis=1).reshape(-1),
                          "doc": docs[pick].reshape(-1), "pos": pos[pick].reshape(-1),
@@ -213,7 +221,8 @@ def real_size(lm, tokens: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=models.DEFAULT_MODEL)
-    ap.add_argument("--pieces", type=int, default=4, help="512-token pieces per throughput pair")
+    ap.add_argument("--pieces", type=int, default=METHOD_EVERY,
+                    help="512-token pieces per throughput pair (a multiple of the build's --method-every)")
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--ray-chunks", type=int, default=8, help="512-token chunks for the Ray comparison (0: skip)")
     ap.add_argument("--query-tokens", type=int, default=1_000_000)

@@ -35,8 +35,8 @@ Seven red apples fell into the river and floated away.
 
 <b>bold</b> & "quoted" <script>alert(1)</script> text.
 """
-TOP_K, CHUNK = 5, 10
-BUILD_ARGS = ["--top-k", str(TOP_K), "--chunk-tokens", str(CHUNK)]
+TOP_K, CHUNK, EVERY = 5, 10, 2   # EVERY: the methods' choices on pieces 0, 2, 4...
+BUILD_ARGS = ["--top-k", str(TOP_K), "--chunk-tokens", str(CHUNK), "--method-every", str(EVERY)]
 
 
 def cli(capsys, *argv) -> tuple[int, dict | None, str]:
@@ -90,8 +90,10 @@ def reference(lm, corpus_file):
             ready.pop(name)
     ref = {k: np.zeros((L, D), np.int64) for k in ("n", "top10", "stay", "prev")}
     ref |= {"sum_abs": np.zeros((L, D)), "max_abs": np.zeros((L, D), np.float32),
-            "hist": np.zeros((L, D, shards.N_BINS), np.int64), "kept": {m: np.zeros((L, D), np.int64) for m in ready}}
+            "hist": np.zeros((L, D, shards.N_BINS), np.int64), "kept": {m: np.zeros((L, D), np.int64) for m in ready},
+            "kept_n": 0}
     values, where = [], []   # every measured z (L, D) and its (doc, pos)
+    assert [p.ordinal for p in pieces] == list(range(len(pieces)))
     for p in pieces:
         ids = list(p.ids)
         with models.fused_attention(lm):
@@ -108,9 +110,10 @@ def reference(lm, corpus_file):
         ref["n"] += zm.shape[1]
         ref["sum_abs"] += np.abs(zm).astype(np.float64).sum(1)
         ref["max_abs"] = np.maximum(ref["max_abs"], np.abs(zm).max(1))
-        for name, method in ready.items():
+        for name, method in ready.items() if p.ordinal % EVERY == 0 else ():
             k = masks.keep_masks_from(lm, method, layer_z=lambda i: z[i], inputs=inputs)   # (L, T, D)
             ref["kept"][name] += k[:, 1:].sum(1)
+        ref["kept_n"] += zm.shape[1] * (p.ordinal % EVERY == 0)
         values.append(zm.transpose(1, 0, 2))
         where += [(p.doc, p.doc_pos(q)) for q in range(1, len(ids))]
     ref["values"] = np.concatenate(values)     # (N, L, D)
@@ -166,6 +169,8 @@ def test_statistics_equal_an_independent_computation(built, reference, lm):
     for name, counts in reference["kept"].items():
         mine = np.array([k for k, m in zip(kept["kept"], kept["method"]) if m == name]).reshape(L, D)
         assert np.array_equal(mine, counts), name
+    assert 0 < reference["kept_n"] < reference["n"][0, 0], "the test corpus samples some pieces, not all"
+    assert set(kept["n"]) == {reference["kept_n"]}
 
 
 def test_neuron_dashboard_matches_reference(built, reference, lm):
@@ -186,7 +191,8 @@ def test_neuron_dashboard_matches_reference(built, reference, lm):
         if prev:
             assert d["inertia"] == pytest.approx(reference["stay"][layer, neuron] / prev)
         assert d["mean_abs"] == pytest.approx(np.abs(col).mean(), rel=1e-5)
-        assert d["methods"]["oracle"] == pytest.approx(reference["kept"]["oracle"][layer, neuron] / n)
+        assert d["methods_tokens"] == reference["kept_n"]
+        assert d["methods"]["oracle"] == pytest.approx(reference["kept"]["oracle"][layer, neuron] / reference["kept_n"])
         assert sum(d["histogram"]["counts"]) == n
         top = d["top"][0]
         assert top["context"] == top["before"] + top["token"] + top["after"] and top["token"] in top["context"]
@@ -245,7 +251,8 @@ def test_a_build_stopped_midway_resumes_to_the_clean_result(lm, corpus_file, bui
         raise Stop
 
     with pytest.raises(Stop):
-        build.build(lm, str(corpus_file), out, top_k=TOP_K, chunk_tokens=CHUNK, on_chunk=stop_after_first)
+        build.build(lm, str(corpus_file), out, top_k=TOP_K, chunk_tokens=CHUNK, method_every=EVERY,
+                    on_chunk=stop_after_first)
     m = json.loads((out / "manifest.json").read_text())
     assert not m["complete"] and len(m["chunks"]) == 1
     with pytest.raises(MoyuError, match=r"incomplete: 1 of \d+ chunks"):
@@ -256,17 +263,17 @@ def test_a_build_stopped_midway_resumes_to_the_clean_result(lm, corpus_file, bui
     row = next(r for r in rows if r["neuron"] == 17)
     assert row["tokens"] == partial["tokens"] and row["keep_rate"] == pytest.approx(partial["methods"]["tda"])
     (out / ".stats.parquet.999.tmp").write_bytes(b"half-written")   # what a kill mid-write leaves
-    res = build.build(lm, str(corpus_file), out, top_k=TOP_K, chunk_tokens=CHUNK)
+    res = build.build(lm, str(corpus_file), out, top_k=TOP_K, chunk_tokens=CHUNK, method_every=EVERY)
     assert res["resumed_chunks"] == 1
     assert tables(out) == tables(built[0])
     assert not list(out.glob(".*.tmp"))
-    again = build.build(lm, str(corpus_file), out, top_k=TOP_K, chunk_tokens=CHUNK)
+    again = build.build(lm, str(corpus_file), out, top_k=TOP_K, chunk_tokens=CHUNK, method_every=EVERY)
     assert again["resumed_chunks"] == res["shards"]   # complete: nothing to do
 
 
 def test_merge_is_exact_whatever_the_chunking(lm, corpus_file, built, tmp_path):
     one = tmp_path / "one"
-    build.build(lm, str(corpus_file), one, top_k=TOP_K, chunk_tokens=10**6)
+    build.build(lm, str(corpus_file), one, top_k=TOP_K, chunk_tokens=10**6, method_every=EVERY)
     a, b = tables(one), tables(built[0])
     for t in ("kept", "top", "tokens", "vocab"):
         assert a[t] == b[t], t
@@ -293,6 +300,7 @@ def test_bad_corpus_is_refused_before_anything_is_written(lm, tmp_path, content,
     ({"top_k": 0}, "--top-k must be between"), ({"top_k": 101}, "--top-k must be between"),
     ({"max_tokens": 1}, "--max-tokens must be between"), ({"max_tokens": 10**11}, "--max-tokens must be"),
     ({"chunk_tokens": 0}, "--chunk-tokens must be"), ({"workers": 2}, "--workers needs --ray"),
+    ({"method_every": 0}, "--method-every must be between"),
     ({"methods": ["nope"]}, "unknown method")])
 def test_bad_settings_are_refused(lm, corpus_file, tmp_path, kw, message):
     with pytest.raises(MoyuError, match=message):

@@ -79,6 +79,9 @@ def test_dashboard_from_a_cell_link_escapes_the_corpus(atlas_dir, two_runs):
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [c["layout"]["title"]["text"] for c in charts]
     assert any("Histogram" in t for t in titles) and any("method keeps" in t for t in titles)
+    from moyu_core.atlas.query import open_atlas
+    n = open_atlas(atlas_dir).neuron(3, neuron)["methods_tokens"]
+    assert any(f"Counted on {n:,} tokens: one piece of 512 tokens in every 8" in c.value for c in at.caption)
     assert len(at.dataframe) >= 2   # promoted and suppressed tokens
     at.number_input(key="url_neuron").set_value(5).run()
     assert not at.exception and at.query_params["neuron"] == "5"

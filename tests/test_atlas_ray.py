@@ -25,7 +25,7 @@ Bright stars shine over the quiet harbour at night.
 
 Numbers like seven, eleven and thirteen are prime.
 """
-SETTINGS = ["--top-k", "4", "--chunk-tokens", "8"]
+SETTINGS = ["--top-k", "4", "--chunk-tokens", "8", "--method-every", "3"]
 
 
 def _tables(folder) -> dict:
@@ -42,7 +42,8 @@ def test_ray_build_with_two_workers_equals_the_in_process_build(lm, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     here = json.loads(done.stdout.strip().splitlines()[-1])
-    ray = build.build(lm, str(corpus), tmp_path / "ray", ray="local", workers=2, top_k=4, chunk_tokens=8)
+    ray = build.build(lm, str(corpus), tmp_path / "ray", ray="local", workers=2, top_k=4, chunk_tokens=8,
+                      method_every=3)
     assert ray["shards"] == here["shards"] >= 4 and ray["tokens"] == here["tokens"]
     assert _tables(tmp_path / "ray") == _tables(tmp_path / "here")
 

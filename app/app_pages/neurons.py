@@ -131,6 +131,9 @@ def dashboard(atlas, layer: int, neuron: int) -> None:
                                         "How often each method keeps it (keep 0.5)",
                                         highlight=[names.index("oracle")] if "oracle" in names else None,
                                         y_title="share of tokens"), width="stretch", key="atlas_methods")
+            every = atlas.manifest["settings"].get("method_every", 1)
+            st.caption(f"Counted on {d['methods_tokens']:,} tokens"
+                       + (f": one piece of 512 tokens in every {every} (`--method-every`)" if every > 1 else ""))
     st.markdown("**Vocabulary effect** (its W_down column through the final norm and the unembedding)")
     v1, v2 = st.columns(2)
     for col, kind, title in ((v1, "promoted", "Promotes"), (v2, "suppressed", "Suppresses")):

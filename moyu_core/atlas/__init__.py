@@ -10,6 +10,7 @@
 """
 
 DEFAULT_TOP_K = 20   # top contexts kept per neuron
+METHOD_EVERY = 8     # the methods' choices are counted on every 8th piece (collect.py: why)
 
 # MKL's matrix products may round differently with the memory alignment of their inputs and the
 # thread count unless MKL_CBWR says otherwise (read before a process's first product): with it, a

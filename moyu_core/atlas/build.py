@@ -14,18 +14,21 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import MoyuError
-from . import DEFAULT_TOP_K, collect, corpus, shards
+from . import DEFAULT_TOP_K, METHOD_EVERY, collect, corpus, shards
 from .vocab import VOCAB_TOP, cached_vocab_effect
 
 CONTEXT = 8   # tokens of context shown on each side of a top activation
 
 
 def check_settings(top_k: int, max_tokens: int | None, chunk_tokens: int, ray: str | None,
-                   workers: int | None) -> None:
+                   workers: int | None, method_every: int = METHOD_EVERY) -> None:
     """The build's numbers in range (cheap: before the model loads)."""
     lo, hi = collect.TOP_K_RANGE
     if not lo <= top_k <= hi:
         raise MoyuError(f"--top-k must be between {lo} and {hi}, got {top_k}")
+    lo, hi = collect.METHOD_EVERY_RANGE
+    if not lo <= method_every <= hi:
+        raise MoyuError(f"--method-every must be between {lo} and {hi:,}, got {method_every}")
     lo, hi = corpus.MAX_TOKENS_RANGE
     if max_tokens is not None and not lo <= max_tokens <= hi:
         raise MoyuError(f"--max-tokens must be between {lo} and {hi:,}, got {max_tokens}")
@@ -65,16 +68,17 @@ def _check_resumable(old: dict, new: dict, out: Path) -> None:
 
 def build(lm, corpus_spec: str, out: str | Path, top_k: int = DEFAULT_TOP_K, max_tokens: int | None = None,
           chunk_tokens: int = corpus.CHUNK_TOKENS, ray: str | None = None, workers: int | None = None,
-          methods: list[str] | None = None, progress: Callable[[int, int], None] | None = None,
-          on_chunk: Callable[[int], None] | None = None) -> dict:
+          methods: list[str] | None = None, method_every: int = METHOD_EVERY,
+          progress: Callable[[int, int], None] | None = None, on_chunk: Callable[[int], None] | None = None) -> dict:
     """Build (or resume) the atlas of `corpus_spec` in folder `out`. `ray`: None (in-process),
     "local" (start a local cluster of `workers` CPUs) or a cluster address. `methods`: the DA
     methods whose keep counts are kept (default: every registered one but dense, skipping those
-    that cannot run here, e.g. dejavu without a router; [] for none). `progress(done,
+    that cannot run here, e.g. dejavu without a router; [] for none), counted on every
+    `method_every`-th piece (`collect.py`: why it samples). `progress(done,
     total)` is told text tokens done; `on_chunk(index)` runs after each chunk is recorded (tests
     use it to stop a build midway). Returns {"atlas", "tokens", "shards", "seconds", ...}."""
     t0 = time.perf_counter()
-    check_settings(top_k, max_tokens, chunk_tokens, ray, workers)
+    check_settings(top_k, max_tokens, chunk_tokens, ray, workers, method_every)
     text, label = corpus.read_corpus(corpus_spec)
     docs = corpus.documents(text)
     if not docs:
@@ -83,6 +87,7 @@ def build(lm, corpus_spec: str, out: str | Path, top_k: int = DEFAULT_TOP_K, max
                 "max_tokens": max_tokens, "top_k": top_k, "chunk_tokens": chunk_tokens,
                 "piece_tokens": corpus.PIECE_TOKENS, "context": CONTEXT, "top_fraction": collect.TOP_FRACTION,
                 "keep": collect.KEEP, "methods": "all" if methods is None else list(methods),
+                "method_every": method_every,
                 "hist_edges": shards.HIST_EDGES.tolist(), "vocab_top": VOCAB_TOP}
     chunks = corpus.plan(lm, docs, max_tokens, chunk_tokens)
     out = Path(out).expanduser()
@@ -120,7 +125,8 @@ def _run(lm, out: Path, manifest: dict, todo: list[corpus.Chunk], methods, on_ra
     """Run the chunks not yet done (here, or on the Ray session open), recording each in the
     manifest as it lands; then merge."""
     t0, seconds_before = time.perf_counter(), manifest["seconds"]
-    top_k, total = manifest["settings"]["top_k"], manifest["plan"]["tokens"]
+    top_k, every, total = (manifest["settings"]["top_k"], manifest["settings"]["method_every"],
+                           manifest["plan"]["tokens"])
     done = total - sum(c.tokens for c in todo)
 
     def advance(n: int) -> None:
@@ -142,14 +148,14 @@ def _run(lm, out: Path, manifest: dict, todo: list[corpus.Chunk], methods, on_ra
     advance(0)
     if not on_ray:
         for chunk in todo:
-            record(collect.compute_chunk(lm, methods, chunk, top_k, progress=advance))
+            record(collect.compute_chunk(lm, methods, chunk, top_k, every, progress=advance))
     else:
         from .ray_runner import run_on_ray
 
         def landed(result: dict) -> None:
             record(result)
             advance(result["n_tokens"])
-        run_on_ray(lm, manifest["methods"], top_k, todo, workers, landed)
+        run_on_ray(lm, manifest["methods"], top_k, every, todo, workers, landed)
     manifest["final"] = shards.compact(out, manifest)
     manifest["complete"] = True
     manifest["seconds"] = round(seconds_before + time.perf_counter() - t0, 3)

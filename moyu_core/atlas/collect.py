@@ -13,11 +13,21 @@ which updates, over the piece's positions 1..T-1 (position 0 is the sink):
     sum_abs  sum of |z| (float64 across pieces)     max_abs  max |z|
     hist     counts of z in `shards.HIST_EDGES`' bins (as numpy.searchsorted(edges, z, "right"))
     kept     per method: tokens where it keeps the neuron (the method's own `select` at keep 0.5,
-             given the whole piece as its prompt)
+             given the whole piece as its prompt), on the sampled pieces only
+    kept_n   the measured tokens of the sampled pieces: every `method_every`-th piece of the plan
+             (ordinal % method_every == 0), so the sample depends neither on the chunking nor on
+             the workers
     top      the K largest z with the token each came from (candidates, merged later)
 
 All are sums, maxima or top-K candidates, so chunks merge exactly in any grouping (`shards.py`).
-frequency = top10 / n, inertia = stay / prev, mean |z| = sum_abs / n.
+frequency = top10 / n, inertia = stay / prev, mean |z| = sum_abs / n, a method's keep rate =
+kept / kept_n.
+
+Why sample the methods: the ten methods' own choices on every token cost about a third of the
+forward (dejavu's router, the moe routers, six top-k selections per layer), the statistics about
+a tenth (`benchmarks/atlas.py`). A keep rate estimated on every 8th piece (the default) has a standard error below
+0.5 / sqrt(kept_n), e.g. 0.0014 at kept_n = 125,000 (1M tokens; pieces are clusters, so somewhat
+more); `--method-every 1` counts every token.
 """
 from __future__ import annotations
 
@@ -35,9 +45,10 @@ from ..keep import keep_count
 from ..models import fused_attention
 from ..preparation import prepare
 from .corpus import Chunk
-from . import shards
+from . import METHOD_EVERY, shards
 
 KEEP = 0.5          # the keep at which each method's choice is counted
+METHOD_EVERY_RANGE = (1, 10**6)
 TOP_K_RANGE = (1, 100)
 
 
@@ -108,6 +119,8 @@ class _Aggregates:
         self.top_v = torch.full((L, top_k, D), -torch.inf)
         self.top_j = torch.full((L, top_k, D), -1, dtype=torch.int64)
         self.base = 0   # measured tokens of the chunk before the running piece
+        self.sampled = False   # whether the running piece counts the methods' choices
+        self.kept_n = 0        # measured tokens of the sampled pieces before the running one
 
     def add(self, i: int, z: torch.Tensor, gate: torch.Tensor, x: torch.Tensor) -> None:
         z = z[0].detach().float().contiguous()         # (T, D)
@@ -115,7 +128,7 @@ class _Aggregates:
         m10 = self.ops.topk_mask_rows(z, keep_count(self.D, TOP_FRACTION), True)   # each token's top 10% by |z|
         self.ops.atlas_accumulate(z, m10, self.counts[i], self.sum_abs[i], self.max_abs[i], self.hist[i],
                                   *_HIST_TABLE, self.top_v[i], self.top_j[i], self.base)
-        for j, method in enumerate(self.methods):
+        for j, method in enumerate(self.methods if self.sampled else ()):
             keep = method.select(i, z, gate, self.lm, x)                # (T, D) bool
             if method.sequence_level:   # one set for every token of the piece
                 self.kept[j, i] += keep[1].long() * (T - 1)
@@ -124,10 +137,11 @@ class _Aggregates:
 
 
 @torch.inference_mode()
-def compute_chunk(lm, methods: list[Method], chunk: Chunk, top_k: int,
+def compute_chunk(lm, methods: list[Method], chunk: Chunk, top_k: int, method_every: int = METHOD_EVERY,
                   progress: Callable[[int], None] | None = None) -> dict:
     """Run every piece of `chunk` and return its partial aggregates as Arrow tables
     {"stats", "kept", "top", "tokens"} plus its "index" and its "n_tokens" and "n_measured" counts.
+    The methods' choices are counted on the pieces whose ordinal is a multiple of `method_every`.
     `progress(n)` is told the text tokens of each piece done."""
     agg = _Aggregates(lm, methods, top_k)
     docs, poss = [], []          # (doc, position) of each measured token, in order
@@ -135,8 +149,10 @@ def compute_chunk(lm, methods: list[Method], chunk: Chunk, top_k: int,
         for piece in chunk.pieces:
             T = len(piece.ids)
             if T >= 2:
+                agg.sampled = piece.ordinal % method_every == 0
                 lm.body(torch.tensor([piece.ids]), use_cache=False)
                 agg.base += T - 1
+                agg.kept_n += (T - 1) * agg.sampled
                 docs += [piece.doc] * (T - 1)
                 poss += [piece.doc_pos(p) for p in range(1, T)]
             if progress:
@@ -160,7 +176,7 @@ def _tables(lm, agg: _Aggregates, chunk: Chunk, docs: np.ndarray, poss: np.ndarr
     kept = pa.table({
         "layer": np.repeat(layer, M), "neuron": np.repeat(neuron, M),
         "method": pa.array(np.tile(np.array(names, dtype=object), L * D), pa.string()).dictionary_encode(),
-        "kept": agg.kept.permute(1, 2, 0).reshape(-1).numpy()})
+        "kept": agg.kept.permute(1, 2, 0).reshape(-1).numpy(), "n": np.full(L * D * M, agg.kept_n, np.int64)})
     k = min(agg.top_k, agg.base)    # 0 for a chunk of one-token pieces: nothing measured
     top_v = agg.top_v[:, :k].permute(0, 2, 1).reshape(L * D, k).numpy()   # (L*D, k)
     top_j = agg.top_j[:, :k].permute(0, 2, 1).reshape(L * D, k).numpy()

@@ -26,12 +26,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 @dataclass(frozen=True)
 class Piece:
     """One forward: `ids` = the model's BOS (n_bos of them, 0 or 1), then the text tokens of
-    document `doc` from position `start` (positions count the document's text tokens)."""
+    document `doc` from position `start` (positions count the document's text tokens);
+    `ordinal` is its place among all the plan's pieces (0, 1, ...)."""
 
     doc: int
     start: int
     ids: tuple[int, ...]
     n_bos: int
+    ordinal: int
 
     @property
     def text_ids(self) -> tuple[int, ...]:
@@ -101,7 +103,8 @@ def plan(lm, docs: list[str], max_tokens: int | None = None, chunk_tokens: int =
         for doc, ids in enumerate(encoded, start=first):
             ids = ids[:budget]
             budget -= len(ids)
-            pieces += [Piece(doc, s, bos + tuple(ids[s:s + width]), len(bos)) for s in range(0, len(ids), width)]
+            pieces += [Piece(doc, s, bos + tuple(ids[s:s + width]), len(bos), len(pieces) + j)
+                       for j, s in enumerate(range(0, len(ids), width))]
             if budget <= 0:
                 break
         if budget <= 0:

@@ -191,7 +191,7 @@ class Atlas:
         with self._cursor() as con:
             stats = _rows(con, "SELECT n, top10, stay, prev, sum_abs, max_abs, hist FROM read_parquet($f) "
                                "WHERE layer = $layer AND neuron = $neuron", {**p, "f": self.files("stats")}, "stats")
-            kept = _rows(con, "SELECT method, sum(kept) FROM read_parquet($f) WHERE layer = $layer AND "
+            kept = _rows(con, "SELECT method, sum(kept), sum(n) FROM read_parquet($f) WHERE layer = $layer AND "
                               "neuron = $neuron GROUP BY method", {**p, "f": self.files("kept")}, "method counts")
             top = _rows(con, "SELECT value, doc, pos FROM read_parquet($f) WHERE layer = $layer AND neuron = $neuron "
                              "ORDER BY value DESC, doc, pos LIMIT $k", {**p, "f": self.files("top"), "k": K},
@@ -220,7 +220,9 @@ class Atlas:
             "max_abs": float(max((r[5] for r in stats), default=math.nan)),
             "inertia": stay / prev if prev else math.nan, "inertia_pairs": prev,
             "histogram": {"edges": m["settings"]["hist_edges"], "counts": hist},
-            "methods": {name: share(k) for name, k in sorted(kept, key=lambda r: m["methods"].index(r[0]))},
+            "methods": {name: k / kn if kn else math.nan
+                        for name, k, kn in sorted(kept, key=lambda r: m["methods"].index(r[0]))},
+            "methods_tokens": max((int(r[2]) for r in kept), default=0),
             **{kind: [{"token": t, "token_id": int(i), "value": float(v)} for k, i, t, v in vocab if k == kind]
                for kind in ("promoted", "suppressed")},
             "complete": self.complete,
@@ -257,10 +259,11 @@ class Atlas:
         cols, joins = "", ""
         if method:
             parts.append("""m AS (SELECT layer, neuron, sum(kept) FILTER (WHERE method = $method) AS km,
-                                  sum(kept) FILTER (WHERE method = 'oracle') AS ko
+                                  sum(kept) FILTER (WHERE method = 'oracle') AS ko,
+                                  sum(n) FILTER (WHERE method = $method) AS kn
                            FROM read_parquet($kept) WHERE $layer IS NULL OR layer = $layer GROUP BY layer, neuron)""")
-            cols += (", m.km / s.tokens AS keep_rate, m.ko / s.tokens AS oracle_rate, "
-                     "abs(m.km - m.ko) / s.tokens AS disagreement")
+            cols += (", m.km / m.kn AS keep_rate, m.ko / m.kn AS oracle_rate, "
+                     "abs(m.km - m.ko) / m.kn AS disagreement, m.kn AS methods_tokens")
             joins += " JOIN m USING (layer, neuron)"
             p |= {"kept": self.files("kept"), "method": method}
         if token:

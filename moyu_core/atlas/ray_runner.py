@@ -23,7 +23,7 @@ _ENV_KEYS = ("MOYU_CACHE", "MOYU_ROUTER_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_NO
 class ChunkWorker:
     """A Ray actor: the model, loaded once, and the prepared methods."""
 
-    def __init__(self, model: str, fingerprint: str, methods: list[str], top_k: int):
+    def __init__(self, model: str, fingerprint: str, methods: list[str], top_k: int, method_every: int):
         from .. import models
         models.setup_compute(1)
         self.lm = models.load(model)
@@ -31,10 +31,10 @@ class ChunkWorker:
             raise MoyuError(f"worker's {model} has fingerprint {str(self.lm.fingerprint)[:12]}, the driver's "
                             f"{fingerprint[:12]}: give every node the same weights")
         self.methods, _ = collect.ready_methods(self.lm, methods)
-        self.top_k = top_k
+        self.top_k, self.method_every = top_k, method_every
 
     def run(self, chunk: Chunk) -> dict:
-        return collect.compute_chunk(self.lm, self.methods, chunk, self.top_k)
+        return collect.compute_chunk(self.lm, self.methods, chunk, self.top_k, self.method_every)
 
 
 def worker_env() -> dict[str, str]:
@@ -90,7 +90,7 @@ def ray_session(address: str, workers: int | None) -> Iterator[int]:
         ray.shutdown()
 
 
-def run_on_ray(lm, methods: list[str], top_k: int, chunks: list[Chunk], workers: int,
+def run_on_ray(lm, methods: list[str], top_k: int, method_every: int, chunks: list[Chunk], workers: int,
                landed: Callable[[dict], None]) -> None:
     """Run `chunks` on the Ray cluster of `ray_session` with `workers` actors and hand each result
     to `landed` as it arrives."""
@@ -100,7 +100,7 @@ def run_on_ray(lm, methods: list[str], top_k: int, chunks: list[Chunk], workers:
     if not chunks:
         return
     actor = ray.remote(num_cpus=1)(ChunkWorker)
-    pool = ActorPool([actor.remote(lm.name, str(lm.fingerprint), methods, top_k)
+    pool = ActorPool([actor.remote(lm.name, str(lm.fingerprint), methods, top_k, method_every)
                       for _ in range(min(workers, len(chunks)))])
     try:
         for result in pool.map_unordered(lambda a, c: a.run.remote(c), chunks):

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from ..errors import MoyuError
 
-FORMAT, VERSION = "moyu-atlas", 1
+FORMAT, VERSION = "moyu-atlas", 2   # 2: the kept table has n (the methods' sampled tokens)
 MANIFEST = "manifest.json"
 CHUNK_TABLES = ("stats", "kept", "top", "tokens")
 FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.parquet$")   # what a manifest may name
@@ -173,6 +173,7 @@ def compact(folder: Path, manifest: dict) -> dict[str, dict]:
     max_abs = np.zeros(rows, np.float32)
     hist = np.zeros((rows, N_BINS), np.int64)
     kept = np.zeros(rows * len(methods), np.int64)
+    kept_n = np.zeros(rows * len(methods), np.int64)
     top = {c: np.zeros((rows, 0), t) for c, t in (("value", np.float32), ("doc", np.int32),
                                                     ("pos", np.int32), ("token_id", np.int32))}
     tokens = []
@@ -188,10 +189,11 @@ def compact(folder: Path, manifest: dict) -> dict[str, dict]:
         sum_abs += st["sum_abs"].to_numpy()
         np.maximum(max_abs, st["max_abs"].to_numpy(), out=max_abs)
         hist += st["hist"].combine_chunks().flatten().to_numpy().reshape(rows, N_BINS)
-        kp = _read(folder, files["kept"], ["method", "kept"])
+        kp = _read(folder, files["kept"], ["method", "kept", "n"])
         if len(kp) != len(method_col) or not pc.all(pc.equal(kp["method"].cast(pa.string()), method_col)).as_py():
             raise MoyuError(f"atlas shard {files['kept']['file']} does not hold this atlas' methods")
         kept += kp["kept"].to_numpy()
+        kept_n += kp["n"].to_numpy()
         tp = _read(folder, files["top"], list(top))
         for c in top:
             top[c] = np.concatenate([top[c], tp[c].to_numpy().reshape(rows, -1)], axis=1)
@@ -204,7 +206,7 @@ def compact(folder: Path, manifest: dict) -> dict[str, dict]:
                            "hist": pa.ListArray.from_arrays(np.arange(0, rows * N_BINS + 1, N_BINS, dtype=np.int32),
                                                             hist.reshape(-1))}),
         "kept": pa.table({"layer": np.repeat(layer, len(methods)), "neuron": np.repeat(neuron, len(methods)),
-                          "method": method_col.dictionary_encode(), "kept": kept}),
+                          "method": method_col.dictionary_encode(), "kept": kept, "n": kept_n}),
         "top": pa.table({"layer": np.repeat(layer, k), "neuron": np.repeat(neuron, k),
                          **{c: a.reshape(-1) for c, a in top.items()}}),
         "tokens": pa.concat_tables(tokens),

@@ -6,7 +6,7 @@ import math
 import os
 import sys
 
-from ..atlas import DEFAULT_TOP_K, REPRODUCIBLE_MKL
+from ..atlas import DEFAULT_TOP_K, METHOD_EVERY, REPRODUCIBLE_MKL
 from ..atlas.corpus import CHUNK_TOKENS
 
 os.environ.setdefault("MKL_CBWR", REPRODUCIBLE_MKL)   # before this process's first matrix product
@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
     b.add_argument("--workers", type=int, default=None, help="Ray workers (one model each; default 2 for local)")
     b.add_argument("--methods", default=None, help="comma-separated DA methods whose keep counts to keep "
                                                    "(default: every one that can run here; 'none' for none)")
+    b.add_argument("--method-every", type=int, default=METHOD_EVERY,
+                   help="count the methods' choices on every N-th piece of 512 tokens (default %(default)s: "
+                        "they cost about a third of the forward on every token; 1 counts every token)")
     _common(b)
     n = sub.add_parser("neuron", help="one neuron's dashboard data")
     n.add_argument("dir", help="atlas folder, or an s3:// or http(s):// location")
@@ -61,7 +64,7 @@ def _build(args) -> dict:
     from .. import models
     from ..atlas import build
 
-    build.check_settings(args.top_k, args.max_tokens, args.chunk_tokens, args.ray, args.workers)
+    build.check_settings(args.top_k, args.max_tokens, args.chunk_tokens, args.ray, args.workers, args.method_every)
     from ..atlas.corpus import read_corpus
     read_corpus(args.corpus)   # a missing, empty or binary corpus fails before the model loads
     lm = models.load(args.model, progress=lambda m: print(m, file=sys.stderr))
@@ -77,7 +80,7 @@ def _build(args) -> dict:
     try:
         out = build.build(lm, args.corpus, args.out, top_k=args.top_k, max_tokens=args.max_tokens,
                           chunk_tokens=args.chunk_tokens, ray=args.ray, workers=args.workers,
-                          methods=_methods(args.methods), progress=progress)
+                          methods=_methods(args.methods), method_every=args.method_every, progress=progress)
     finally:
         bar.close()
     out["text_summary"] = (f"atlas {out['atlas']}: {out['tokens']:,} tokens, {out['shards']} shards merged, "
@@ -107,7 +110,7 @@ def _neuron(args) -> dict:
              f"{_fmt(d['inertia'])}, mean |z| {_fmt(d['mean_abs'])}, max |z| {_fmt(d['max_abs'])}"]
     lines += [f"  {t['value']:8.3f}  doc {t['doc']} pos {t['pos']}  {t['before']!r} [{t['token']!r}] {t['after']!r}"
               for t in d["top"]]
-    lines.append("  kept at keep 0.5: " + ", ".join(f"{m} {_fmt(v)}" for m, v in d["methods"].items()))
+    lines.append(f"  kept at keep 0.5 (on {d['methods_tokens']:,} tokens): " + ", ".join(f"{m} {_fmt(v)}" for m, v in d["methods"].items()))
     lines.append("  promotes: " + " ".join(repr(t["token"]) for t in d["promoted"]))
     lines.append("  suppresses: " + " ".join(repr(t["token"]) for t in d["suppressed"]))
     return {**_finite(d), "text_summary": "\n".join(lines)}

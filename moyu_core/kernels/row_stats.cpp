@@ -122,11 +122,13 @@ MOYU_CLONES void column_add(const uint8_t* __restrict m, int64_t w, int32_t* __r
   for (int64_t j = 0; j < w; ++j) c[j] += m[j];
 }
 
-// One row's columns into the histogram h (bins, w) and the running top-K tv, tj (w, K): bins
-// first (no branch on the sign: it is a coin toss), then the counts, then the entries into a
-// column's top-K (rare once it has filled).
-void row_bins(const float* __restrict z, int64_t w, int64_t half, const int32_t* below, const double* edge,
-              uint8_t* __restrict bin, int32_t* __restrict h, float* tv, int64_t* tj, int64_t K, int64_t token) {
+// One row's columns into the histogram h (bins, w) and the running top-K tv, tj (w, K) whose
+// K-th values th (w) mirror: bins first (no branch on the sign: it is a coin toss), then the
+// counts, then a vectorised test against th, and only where it passes (rare once a column's
+// top-K has filled) the entry into that column's top-K.
+MOYU_CLONES void row_bins(const float* __restrict z, int64_t w, int64_t half, const int32_t* below,
+                          const double* edge, uint8_t* __restrict bin, int32_t* __restrict h, float* __restrict th,
+                          float* tv, int64_t* tj, int64_t K, int64_t token) {
   for (int64_t j = 0; j < w; ++j) {
     const float v = z[j], a = std::fabs(v);
     uint32_t u, sv;
@@ -139,18 +141,21 @@ void row_bins(const float* __restrict z, int64_t w, int64_t half, const int32_t*
     bin[j] = static_cast<uint8_t>(half + (1 - 2 * neg) * cnt);
   }
   for (int64_t j = 0; j < w; ++j) ++h[bin[j] * w + j];
+  int32_t any = 0;
+  for (int64_t j = 0; j < w; ++j) any |= z[j] > th[j];
+  if (!any) return;
   for (int64_t j = 0; j < w; ++j) {
     const float v = z[j];
+    if (!(v > th[j])) continue;
     float* cv = tv + j * K;                   // column j's top-K, descending, contiguous
-    if (v > cv[K - 1]) {
-      int64_t q = K - 1;
-      for (; q > 0 && cv[q - 1] < v; --q) {
-        cv[q] = cv[q - 1];
-        tj[j * K + q] = tj[j * K + q - 1];
-      }
-      cv[q] = v;
-      tj[j * K + q] = token;
+    int64_t q = K - 1;
+    for (; q > 0 && cv[q - 1] < v; --q) {
+      cv[q] = cv[q - 1];
+      tj[j * K + q] = tj[j * K + q - 1];
     }
+    cv[q] = v;
+    tj[j * K + q] = token;
+    th[j] = cv[K - 1];
   }
 }
 
@@ -188,16 +193,19 @@ void atlas_accumulate(torch::Tensor z, torch::Tensor m10, torch::Tensor counts, 
     std::vector<uint8_t> bin(w);
     std::vector<float> cv(w * K);             // the columns' top-K, column-major: an entry shifts within a line
     std::vector<int64_t> cj(w * K);
-    for (int64_t j = 0; j < w; ++j)
+    std::vector<float> th(w);                 // each column's K-th value
+    for (int64_t j = 0; j < w; ++j) {
       for (int64_t q = 0; q < K; ++q) {
         cv[j * K + q] = tv[q * D + j0 + j];
         cj[j * K + q] = tj[q * D + j0 + j];
       }
+      th[j] = cv[j * K + K - 1];
+    }
     for (int64_t t = 1; t < T; ++t) {
       const float* zr = zp + t * D + j0;
       const uint8_t* m = mp + t * D + j0;
       row_sums(zr, m, t + 1 < T ? m + D : nullptr, w, top10.data(), stay.data(), prev.data(), sum.data(), mx.data());
-      row_bins(zr, w, half, below, edge, bin.data(), h.data(), cv.data(), cj.data(), K, base + t - 1);
+      row_bins(zr, w, half, below, edge, bin.data(), h.data(), th.data(), cv.data(), cj.data(), K, base + t - 1);
     }
     for (int64_t j = 0; j < w; ++j) {
       cp[j0 + j] += top10[j];
