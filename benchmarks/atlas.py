@@ -88,6 +88,7 @@ def throughput(lm, chunks, pairs: int) -> dict:
             "sampled_pieces": sum(p.ordinal % METHOD_EVERY == 0 for c in chunks for p in c.pieces),
             "methods": [m.name for m in methods], "skipped": list(skipped),
             **{f"ratio_{k.replace(' ', '_')}": round(statistics.median(v), 3) for k, v in rows.items()},
+            **{f"ratio_{k.replace(' ', '_')}_range": [round(min(v), 3), round(max(v), 3)] for k, v in rows.items()},
             "plain_tokens_per_s": round(tokens / timed(plain), 1)}
 
 
