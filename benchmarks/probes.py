@@ -3,6 +3,7 @@ teal's decode spend their time.
 
     .venv/bin/python benchmarks/probes.py topk         a 512x1536 top-k mask: row_stats.cpp's radix select
                                                        against torch.topk (topk_mask's fallback)
+    .venv/bin/python benchmarks/probes.py atlas-pass   the atlas' statistics on a 512-token piece (ms per layer)
     .venv/bin/python benchmarks/probes.py selects      each method's `select` on one 512-token piece (ms per layer)
     .venv/bin/python benchmarks/probes.py teal-decode  teal_mlp against mlp_dense per layer call inside a real
                                                        decode (cProfile), with teal's kept share of its inputs
@@ -47,6 +48,39 @@ def topk(lm) -> None:
         fallback = _median_ms(lambda: torch.zeros_like(z, dtype=torch.bool).scatter_(
             -1, z.abs().topk(k, dim=-1, sorted=False).indices, True))
         print(f"keep {keep}: radix select {radix:.2f} ms, torch.topk {fallback:.2f} ms")
+
+
+def atlas_pass(lm) -> None:
+    """The atlas' statistics on every layer of a 512-token piece, as `collect._Aggregates.add`
+    runs them on a chunk's second piece (its top-K filled by the first): each layer's top-10%
+    mask, then the one pass of `atlas_accumulate`; ms per layer, the median of 15 passes."""
+    agg = collect._Aggregates(lm, [], 20)
+    k10 = keep_count(lm.d_ff, collect.TOP_FRACTION)
+    ops, L = agg.ops, lm.n_layers
+
+    def zs(piece: int) -> list[torch.Tensor]:
+        out = []
+        with torch.inference_mode(), models.fused_attention(lm), hooks.method_intervention(
+                lm, lambda i, z, g, x: out.append(z[0].float().contiguous().clone())):
+            w = 512 - len(lm.bos_ids)
+            lm.body(torch.tensor([lm.bos_ids + corpora.pydoc_ids(lm.tokenizer)[piece * w:(piece + 1) * w]]),
+                    use_cache=False)
+        return out
+
+    def accumulate(z: list[torch.Tensor], m10: list[torch.Tensor]) -> None:
+        for i in range(L):
+            ops.atlas_accumulate(z[i], m10[i], agg.counts[i], agg.sum_abs[i], agg.max_abs[i], agg.hist[i],
+                                 *collect._HIST_TABLE, agg.top_v[i], agg.top_j[i], 0)
+
+    def masks(z: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [ops.topk_mask_rows(zi, k10, True) for zi in z]
+
+    first = zs(0)
+    accumulate(first, masks(first))
+    z = zs(1)
+    m10 = masks(z)
+    print(f"per layer ({L} layers, {len(z[0])} tokens): top-10% mask {_median_ms(lambda: masks(z)) / L:.2f} ms, "
+          f"atlas_accumulate {_median_ms(lambda: accumulate(z, m10)) / L:.2f} ms")
 
 
 def selects(lm, layer: int = 5) -> None:
@@ -110,12 +144,14 @@ def linear_t(lm) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=["topk", "selects", "teal-decode", "linear-t"])
+    ap.add_argument("probe", choices=["topk", "atlas-pass", "selects", "teal-decode", "linear-t"])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     models.setup_compute(args.threads)
     lm = models.load()
-    {"topk": topk, "selects": selects, "teal-decode": teal_decode, "linear-t": linear_t}[args.probe](lm)
+    probes = {"topk": topk, "atlas-pass": atlas_pass, "selects": selects, "teal-decode": teal_decode,
+              "linear-t": linear_t}
+    probes[args.probe](lm)
 
 
 if __name__ == "__main__":

@@ -360,6 +360,21 @@ def test_a_manifest_cannot_point_outside_its_folder(built, tmp_path):
         open_atlas(out)
 
 
+def test_an_atlas_of_an_older_format_is_refused_and_left_alone(lm, corpus_file, built, tmp_path):
+    out = tmp_path / "atlas"
+    shutil.copytree(built[0], out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["version"] = shards.VERSION - 1   # version 1 had no sampled-token count in its kept table
+    (out / "manifest.json").write_text(json.dumps(m))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    with pytest.raises(MoyuError, match=f"atlas version {shards.VERSION - 1}; this moyu reads version "
+                                        f"{shards.VERSION}: build the atlas again into a new folder"):
+        open_atlas(out)
+    with pytest.raises(MoyuError, match="build the atlas again"):
+        build.build(lm, str(corpus_file), out, top_k=TOP_K, chunk_tokens=CHUNK, method_every=EVERY)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+
+
 def test_cli_neuron_json_and_one_line_errors(built, capsys, tmp_path):
     out = str(built[0])
     code, d, _ = cli(capsys, "atlas", "neuron", out, "3", "17", "--json")

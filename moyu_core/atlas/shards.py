@@ -100,7 +100,8 @@ def check_manifest(manifest, where: str) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise MoyuError(f"{where} is not a moyu atlas manifest")
     if manifest.get("version") != VERSION:
-        raise MoyuError(f"{where} is atlas version {manifest.get('version')}; this moyu reads version {VERSION}")
+        raise MoyuError(f"{where} is atlas version {manifest.get('version')}; this moyu reads version {VERSION}: "
+                        "build the atlas again into a new folder")
     for rec in shard_records(manifest):
         if not FILE_NAME.match(str(rec.get("file", ""))):
             raise MoyuError(f"{where} names a shard {rec.get('file')!r} that is not a plain Parquet file name")
