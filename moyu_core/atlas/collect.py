@@ -25,9 +25,9 @@ kept / kept_n.
 
 Why sample the methods: the ten methods' own choices on every token cost about a third of the
 forward (dejavu's router, the moe routers, six top-k selections per layer), the statistics about
-a tenth (`benchmarks/atlas.py`). A keep rate estimated on every 8th piece (the default) has a standard error below
-0.5 / sqrt(kept_n), e.g. 0.0014 at kept_n = 125,000 (1M tokens; pieces are clusters, so somewhat
-more); `--method-every 1` counts every token.
+a tenth (`benchmarks/atlas.py`). A keep rate estimated on every 8th piece (the default) has a
+standard error below 0.5 / sqrt(kept_n), e.g. 0.0014 at kept_n = 125,000 (1M tokens; a piece's
+tokens are correlated, so somewhat more); `--method-every 1` counts every token.
 """
 from __future__ import annotations
 

@@ -110,7 +110,8 @@ def _neuron(args) -> dict:
              f"{_fmt(d['inertia'])}, mean |z| {_fmt(d['mean_abs'])}, max |z| {_fmt(d['max_abs'])}"]
     lines += [f"  {t['value']:8.3f}  doc {t['doc']} pos {t['pos']}  {t['before']!r} [{t['token']!r}] {t['after']!r}"
               for t in d["top"]]
-    lines.append(f"  kept at keep 0.5 (on {d['methods_tokens']:,} tokens): " + ", ".join(f"{m} {_fmt(v)}" for m, v in d["methods"].items()))
+    lines.append(f"  kept at keep 0.5 (on {d['methods_tokens']:,} tokens): "
+                 + ", ".join(f"{m} {_fmt(v)}" for m, v in d["methods"].items()))
     lines.append("  promotes: " + " ".join(repr(t["token"]) for t in d["promoted"]))
     lines.append("  suppresses: " + " ".join(repr(t["token"]) for t in d["suppressed"]))
     return {**_finite(d), "text_summary": "\n".join(lines)}
