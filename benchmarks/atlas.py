@@ -2,19 +2,19 @@
 the dashboard query over a 1M-token atlas, size on disk.
 
     .venv/bin/python benchmarks/atlas.py --json                       # the full run (quiet machine)
-    .venv/bin/python benchmarks/atlas.py --pieces 1 --pairs 2 --ray-chunks 2 --query-tokens 20000
+    .venv/bin/python benchmarks/atlas.py --pairs 2 --ray-chunks 2 --query-tokens 20000     # a quick look
 
 1. Throughput: the same 512-token pieces of pydoc_data.topics through the plain forward (decoder
    body, SDPA, no hook: what the build runs) and through `collect.compute_chunk`, alternating; the
    median of per-pair tokens/s ratios (goal >= 0.85) for: "build", what `atlas build` runs by
    default (every method, its choices counted on every `METHOD_EVERY`-th piece); "methods every
-   piece" (`--method-every 1`); "no method" (`--methods none`). The
-   pieces form one chunk, as a build groups them (a chunk's per-neuron top-K fills on its first
-   piece, then rarely changes; a build's default chunk holds 32 pieces, this one --pieces).
+   piece" (`--method-every 1`); "no method" (`--methods none`). The pieces form one chunk, as a
+   build groups them (a chunk's per-neuron top-K fills on its first piece, then rarely changes; a
+   build's default chunk holds 32 pieces, this one --pieces).
 2. Ray: one-piece chunks (every method on every piece, so the chunks weigh the same) in-process
-   with one torch thread, then on a local Ray cluster of 2
-   workers (one thread each); scaling efficiency per core = (t_1 / t_2) / 2 over the chunk work
-   (goal >= 0.8), with the cluster start and model loads reported apart.
+   with one torch thread, then on a local Ray cluster of 2 workers (one thread each); scaling
+   efficiency per core = (t_1 / t_2) / 2 over the chunk work (goal >= 0.8), with the cluster
+   start and model loads reported apart.
 3. Query: an atlas of `--query-tokens` tokens (default 1M) whose tables are SYNTHESISED with the
    real schema (random values, the model's real shapes: a real 1M-token build takes about an hour
    on 2 cores); the median time of `Atlas.neuron` over random neurons (goal <= 200 ms).
@@ -85,7 +85,7 @@ def throughput(lm, chunks, pairs: int) -> dict:
             rows[name].append(p / b)
     n_pieces = sum(len(c.pieces) for c in chunks)
     return {"tokens_per_pair": tokens, "pieces": n_pieces, "pairs": pairs, "method_every": METHOD_EVERY,
-            "sampled_pieces": sum(p.ordinal % METHOD_EVERY == 0 for c in chunks for p in c.pieces),
+            "sampled_pieces": sum(collect.counts_methods(p, METHOD_EVERY) for c in chunks for p in c.pieces),
             "methods": [m.name for m in methods], "skipped": list(skipped),
             **{f"ratio_{k.replace(' ', '_')}": round(statistics.median(v), 3) for k, v in rows.items()},
             **{f"ratio_{k.replace(' ', '_')}_range": [round(min(v), 3), round(max(v), 3)] for k, v in rows.items()},
@@ -231,6 +231,8 @@ def main() -> None:
     ap.add_argument("--size-tokens", type=int, default=4096, help="tokens of the real build whose size is measured")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.pieces % METHOD_EVERY:
+        ap.error(f"--pieces must be a multiple of {METHOD_EVERY}, so the build samples its share of them")
     models.setup_compute()
     lm = models.load(args.model)
     out = {"model": lm.name, "threads": torch.get_num_threads()}

@@ -136,6 +136,11 @@ class _Aggregates:
                 self.ops.add_column_counts(keep.contiguous(), 1, self.kept[j, i])
 
 
+def counts_methods(piece, method_every: int) -> bool:
+    """Whether `piece` is one of the sampled pieces on which the methods' choices are counted."""
+    return piece.ordinal % method_every == 0
+
+
 @torch.inference_mode()
 def compute_chunk(lm, methods: list[Method], chunk: Chunk, top_k: int, method_every: int = METHOD_EVERY,
                   progress: Callable[[int], None] | None = None) -> dict:
@@ -149,7 +154,7 @@ def compute_chunk(lm, methods: list[Method], chunk: Chunk, top_k: int, method_ev
         for piece in chunk.pieces:
             T = len(piece.ids)
             if T >= 2:
-                agg.sampled = piece.ordinal % method_every == 0
+                agg.sampled = counts_methods(piece, method_every)
                 lm.body(torch.tensor([piece.ids]), use_cache=False)
                 agg.base += T - 1
                 agg.kept_n += (T - 1) * agg.sampled
