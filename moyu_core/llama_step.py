@@ -57,6 +57,12 @@ class DenseLinears:
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.gemv(self.w_head, x)
 
+    def fused(self, i: int) -> tuple | None:
+        """Layer i's q/k/v and o products as the fused attention kernel takes them: (w_qkv,
+        bounds, qkv thresholds, w_o, o thresholds), no thresholds meaning dense; None where the
+        products run only in Python."""
+        return self.w_qkv[i], [], [], self.w_o[i], []
+
 
 class InputSparseLinears(DenseLinears):
     """TEAL's attention products: input channels j with |x_j| below the projection's threshold are
@@ -80,6 +86,9 @@ class InputSparseLinears(DenseLinears):
     def o(self, i, x):
         return self.linear_t(self.w_o_t[i], x, [0, self.w_o_t[i].shape[1]], self.t_o[i])
 
+    def fused(self, i):
+        return self.w_qkv_t[i], self.bounds, self.t_qkv[i], self.w_o_t[i], self.t_o[i]
+
 
 class InputMaskedLinears(DenseLinears):
     """TEAL simulated: the input entries of q, k, v and o below their thresholds are zeroed and the
@@ -102,6 +111,9 @@ class InputMaskedLinears(DenseLinears):
     def o(self, i, x):
         return self.gemv(self.w_o[i], self._masked(x, float(self.t[i]["o"])))
 
+    def fused(self, i):
+        return None
+
 
 class LlamaDecoder:
     """Holds the KV cache of one sequence: built from transformers' cache after a prefill of
@@ -119,12 +131,33 @@ class LlamaDecoder:
                 buf = got.new_empty(n_prompt + n_new, self.n_kv, self.head_dim)
                 buf[:n_prompt] = got[0].transpose(0, 1)                # from (1, n_kv, n_prompt, hd)
                 cache.append(buf)
+        self.fused = self._fused_layers()
+
+    def _fused_layers(self) -> list[tuple] | None:
+        """Per layer, the fixed arguments of the kernels' `llama_attention` (the attention half
+        of the step in one call); None (the step runs in torch) for non-float32 weights or
+        products the kernel lacks (`InputMaskedLinears`)."""
+        if self.k[0].dtype != torch.float32 or self.body.embed_tokens.weight.dtype != torch.float32:
+            return None
+        out = []
+        for i, layer in enumerate(self.body.layers):
+            f = self.linears.fused(i)
+            if f is None:
+                return None
+            w_qkv, bounds, t_qkv, w_o, t_o = f
+            n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
+            out.append((n1.weight.detach().float().contiguous(), float(n1.variance_epsilon), w_qkv, bounds, t_qkv,
+                        w_o, t_o, n2.weight.detach().float().contiguous(), float(n2.variance_epsilon),
+                        float(layer.self_attn.scaling)))
+        return out
 
     def step(self, token: int) -> torch.Tensor:
         p, nh, nkv, hd = self.pos, self.n_heads, self.n_kv, self.head_dim
         h = F.embedding(torch.tensor([[token]]), self.body.embed_tokens.weight)   # (1, 1, d)
         cos, sin = self.body.rotary_emb(h, torch.tensor([[p]]))                    # (1, 1, hd)
         cos, sin = cos[0], torch.cat([-sin[0, :, :hd // 2], sin[0, :, hd // 2:]], -1)
+        if self.fused is not None:
+            return self._fused_step(h.view(-1), cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous())
         for i, layer in enumerate(self.body.layers):
             attn = layer.self_attn
             qkv = self.linears.qkv(i, _norm(layer.input_layernorm, h).view(-1))      # ((nh+2nkv) hd,)
@@ -142,6 +175,19 @@ class LlamaDecoder:
             h = h + layer.mlp(_norm(layer.post_attention_layernorm, h))
         self.pos = p + 1
         return self.linears.head(_norm(self.body.norm, h).view(-1))
+
+    def _fused_step(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The step with each layer's attention half in one kernel call (`llama_attention`) and
+        its MLP through `layer.mlp` as before (swapped or hooked MLPs run as they are)."""
+        attention, p = kernels.ops().llama_attention, self.pos
+        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        for i, layer in enumerate(self.body.layers):
+            n1, e1, w_qkv, bounds, t_qkv, w_o, t_o, n2, e2, scaling = self.fused[i]
+            h, x = attention(h, n1, e1, w_qkv, bounds, t_qkv, cos, sin, self.k[i], self.v[i], p, nh, nkv, hd,
+                             scaling, w_o, t_o, n2, e2)
+            h = h + layer.mlp(x.view(1, 1, -1)).view(-1)
+        self.pos = p + 1
+        return self.linears.head(_norm(self.body.norm, h.view(1, 1, -1)).view(-1))
 
 
 def _norm(rms, h: torch.Tensor) -> torch.Tensor:

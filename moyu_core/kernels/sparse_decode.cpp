@@ -445,6 +445,98 @@ torch::Tensor gemv(torch::Tensor w, torch::Tensor x) {
   return y;
 }
 
+// ---- the attention half of a Llama decode step (llama_step.py) ------------------------------------
+
+// x * rsqrt(mean(x^2) + eps) * w (LlamaRMSNorm, float32).
+void rms_norm(const float* x, const float* w, double eps, int64_t d, float* y) {
+  double ss = 0.0;
+  for (int64_t j = 0; j < d; ++j) ss += double(x[j]) * x[j];
+  const float r = 1.f / std::sqrt(static_cast<float>(ss / d) + static_cast<float>(eps));
+  for (int64_t j = 0; j < d; ++j) y[j] = x[j] * r * w[j];
+}
+
+// y = W x: W (out, in) read row by row when `thresholds` is empty (dense), else Wt (in, out) with
+// input channels below their segment's threshold skipped (TEAL, `linear_t_into`).
+void product(const torch::Tensor& w, const float* x, int64_t in, int64_t out, const std::vector<int64_t>& bounds,
+             const std::vector<double>& thresholds, float* y) {
+  const float* wp = mat(w, "weight", in, out);
+  if (thresholds.empty()) {
+    for_rows(wp, in, out, 64, false, [&](int64_t i) { y[i] = dot(wp + i * in, x, in); });
+    return;
+  }
+  TORCH_CHECK(bounds.size() == thresholds.size() + 1 && bounds.front() == 0 && bounds.back() == out,
+              "bounds must run from 0 to out with one threshold per segment");
+  linear_t_into(wp, in, out, x, bounds, std::vector<float>(thresholds.begin(), thresholds.end()), y);
+}
+
+// One layer's attention for one new token at position `pos`, batch 1, in place of the dozens of
+// small torch calls it took in Python: h_out = h + o(attention(rope(qkv(norm1(h))))) and
+// mlp_in = norm2(h_out). The new key and value are written to the caches k, v (positions, nkv,
+// hd). q, k, v come from one product over their stacked weights (`product`: dense or TEAL's
+// skipping); cos and sin (hd,) are the rotary embedding of `pos` with sin's first half negated,
+// so that rope(x)_j = x_j cos_j + x_(j + hd/2 mod hd) sin_j. Query head h reads kv head
+// h / (nh / nkv). Returns {h_out, mlp_in}.
+std::vector<torch::Tensor> llama_attention(torch::Tensor h, torch::Tensor norm1, double eps1, torch::Tensor w_qkv,
+                                           std::vector<int64_t> qkv_bounds, std::vector<double> qkv_thresholds,
+                                           torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc,
+                                           int64_t pos, int64_t nh, int64_t nkv, int64_t hd, double scaling,
+                                           torch::Tensor w_o, std::vector<double> o_thresholds, torch::Tensor norm2,
+                                           double eps2) {
+  const int64_t d = h.numel(), nq = nh * hd, nk = nkv * hd;
+  TORCH_CHECK(nh > 0 && nkv > 0 && nh % nkv == 0 && hd % 2 == 0, "heads must group evenly, head size even");
+  check(kc, "k cache");
+  check(vc, "v cache");
+  TORCH_CHECK(kc.dim() == 3 && kc.size(1) == nkv && kc.size(2) == hd && vc.sizes() == kc.sizes(),
+              "caches must be (positions, nkv, hd)");
+  TORCH_CHECK(pos >= 0 && pos < kc.size(0), "position ", pos, " outside the cache of ", kc.size(0));
+  const float* hp = vec(h, d, "h");
+  const float *c = vec(cos, hd, "cos"), *sn = vec(sin, hd, "sin");
+  std::vector<float> x(d), qkv(nq + 2 * nk), q(nq), att(nq);
+  rms_norm(hp, vec(norm1, d, "norm1"), eps1, d, x.data());
+  product(w_qkv, x.data(), d, nq + 2 * nk, qkv_bounds, qkv_thresholds, qkv.data());
+  float* kp = kc.data_ptr<float>() + pos * nk;
+  float* vp = vc.data_ptr<float>() + pos * nk;
+  const int64_t half = hd / 2;
+  for (int64_t r = 0; r < nh + nkv; ++r) {   // rope on each head of q and of k
+    const float* src = qkv.data() + r * hd;
+    float* dst = r < nh ? q.data() + r * hd : kp + (r - nh) * hd;
+    for (int64_t j = 0; j < hd; ++j) dst[j] = src[j] * c[j] + src[(j + half) % hd] * sn[j];
+  }
+  std::memcpy(vp, qkv.data() + nq + nk, nk * sizeof(float));
+  const float* ks = kc.data_ptr<float>();
+  const float* vs = vc.data_ptr<float>();
+  const int64_t group = nh / nkv, T = pos + 1;
+  auto head = [&](int64_t hq) {
+    const int64_t g = hq / group;
+    const float* qh = q.data() + hq * hd;
+    std::vector<float> w(T);
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < T; ++t) {
+      w[t] = dot(ks + (t * nkv + g) * hd, qh, hd) * static_cast<float>(scaling);
+      mx = std::max(mx, w[t]);
+    }
+    float sum = 0.f;
+    for (int64_t t = 0; t < T; ++t) sum += (w[t] = std::exp(w[t] - mx));
+    float* out = att.data() + hq * hd;
+    std::fill(out, out + hd, 0.f);
+    for (int64_t t = 0; t < T; ++t) axpy(w[t] / sum, vs + (t * nkv + g) * hd, out, hd);
+  };
+  if (T * nh >= 4096) {
+    at::parallel_for(0, nh, 1, [&](int64_t b, int64_t e) {
+      for (int64_t hq = b; hq < e; ++hq) head(hq);
+    });
+  } else {
+    for (int64_t hq = 0; hq < nh; ++hq) head(hq);
+  }
+  auto h_out = torch::empty({d});
+  float* ho = h_out.data_ptr<float>();
+  product(w_o, att.data(), nq, d, {0, d}, o_thresholds, ho);
+  for (int64_t j = 0; j < d; ++j) ho[j] += hp[j];
+  auto mlp_in = torch::empty({d});
+  rms_norm(ho, vec(norm2, d, "norm2"), eps2, d, mlp_in.data_ptr<float>());
+  return {h_out, mlp_in};
+}
+
 // Float32 memory of `n` floats aligned to 2 MiB and advised for transparent huge pages: weights
 // streamed once per token then cost fewer TLB misses and prefetch across 4 KiB page edges.
 torch::Tensor hugepage_empty(at::IntArrayRef sizes) {
@@ -501,6 +593,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_t", &linear_t);
   m.def("teal_mlp", &teal_mlp);
   m.def("gemv", &gemv);
+  m.def("llama_attention", &llama_attention);
   m.def("hugepage_copy", &hugepage_copy);
   m.def("hugepage_rows", &hugepage_rows);
 }
