@@ -44,7 +44,7 @@ def cases(lm) -> dict[str, tuple[float, list]]:
         x_t.append(float(xs[i].abs().median()))
     r = max(1, round(0.05 * 3 * D * d / (d + D)))   # a router of about 5% of the MLP
     w1 = [torch.randn(r, d, generator=g) for _ in range(L)]
-    w2 = [torch.randn(D, r, generator=g) for _ in range(L)]
+    w2 = [torch.randn(r, D, generator=g) for _ in range(L)]   # transposed, as the kernel takes it
     return {
         "dense": (1.0, [lambda i=i: ops.mlp_dense(st[i][0], st[i][1], xs[i], kind) for i in range(L)]),
         "z threshold (tda)": (5 / 6, [lambda i=i: ops.mlp_z_threshold(st[i][0], st[i][1], xs[i], kind, z_t[i], none)

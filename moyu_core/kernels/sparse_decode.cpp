@@ -85,6 +85,15 @@ MOYU_CLONES void axpy(float a, const float* __restrict w, float* __restrict y, i
   for (; j < n; ++j) y[j] += a * w[j];
 }
 
+// y += a[0] w[0] + a[1] w[1] + a[2] w[2] + a[3] w[3]: one pass over y for four rows.
+MOYU_CLONES void axpy4(const float* a, const float* const* w, float* __restrict y, int64_t n) {
+  const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+  int64_t j = 0;
+  for (; j + W <= n; j += W)
+    store(y + j, load(y + j) + a[0] * load(w0 + j) + a[1] * load(w1 + j) + a[2] * load(w2 + j) + a[3] * load(w3 + j));
+  for (; j < n; ++j) y[j] += a[0] * w0[j] + a[1] * w1[j] + a[2] * w2[j] + a[3] * w3[j];
+}
+
 // ---- tasks ------------------------------------------------------------------------------------
 
 int64_t task_count(int64_t work, int64_t min_work) {
@@ -161,24 +170,46 @@ void for_rows(const float* base, int64_t span, int64_t n, int64_t min_per_task, 
   });
 }
 
-// sum over q in [0, K) of row(q, acc): the items split among tasks, each with its own partial
-// sum of length d, added in task order. `block(q)` is the block of `span` floats item q reads,
-// prefetched ahead (`Ahead`; span 0: not prefetched).
-template <class Row, class Block>
-torch::Tensor partial_sums(int64_t K, int64_t d, int64_t span, const Row& row, const Block& block) {
+// y = sum over q in [0, K) of coef(q) * row(q), rows of d floats: the items split among tasks,
+// each with its own partial sum, added in task order (results do not depend on thread timing).
+// `block(q)` is the block of `span` floats item q reads (its row, or a record whose coefficient
+// comes from dot products over the rest of it), prefetched ahead (`Ahead`). Gathered items go
+// four per pass over the task's partial sum (a quarter of its loads and stores); span 0, rows read
+// in one unbroken stream (dense), are not prefetched and go one at a time, as four interleaved
+// streams ran slower (25 alternating rounds, 1 and 2 threads).
+template <class Block, class Coef, class RowPtr>
+void sum_rows_into(int64_t K, int64_t d, int64_t span, const Block& block, const Coef& coef, const RowPtr& row,
+                   float* y) {
   const int64_t tasks = task_count(K, 64);
   std::vector<float> part(tasks * d, 0.f);
   run_tasks(tasks, [&](int64_t t) {
     float* acc = part.data() + t * d;
     const int64_t q0 = split(K, tasks, t), q1 = split(K, tasks, t + 1);
     Ahead<Block> ahead(block, span, q0, q1);
-    for (int64_t q = q0; q < q1; ++q) {
+    int64_t q = q0;
+    for (; span > 0 && q + 4 <= q1; q += 4) {
+      float a[4];
+      const float* w[4];
+      for (int u = 0; u < 4; ++u) {
+        ahead.step();
+        a[u] = coef(q + u);
+        w[u] = row(q + u);
+      }
+      axpy4(a, w, acc, d);
+    }
+    for (; q < q1; ++q) {
       ahead.step();
-      row(q, acc);
+      axpy(coef(q), row(q), acc, d);
     }
   });
-  auto out = torch::zeros({d});
-  for (int64_t t = 0; t < tasks; ++t) axpy(1.f, part.data() + t * d, out.data_ptr<float>(), d);
+  std::fill(y, y + d, 0.f);
+  for (int64_t t = 0; t < tasks; ++t) axpy(1.f, part.data() + t * d, y, d);
+}
+
+template <class Block, class Coef, class RowPtr>
+torch::Tensor sum_rows(int64_t K, int64_t d, int64_t span, const Block& block, const Coef& coef, const RowPtr& row) {
+  auto out = torch::empty({d});
+  sum_rows_into(K, d, span, block, coef, row, out.data_ptr<float>());
   return out;
 }
 
@@ -248,10 +279,8 @@ std::vector<float> z_all(const float* gu, int64_t n, int64_t d, const float* x, 
 }
 
 torch::Tensor down_rows(const float* dt, int64_t d, const std::vector<float>& z, const std::vector<int64_t>& kept) {
-  return partial_sums(
-      kept.size(), d, d,
-      [&](int64_t q, float* acc) { axpy(z[kept[q]], dt + kept[q] * d, acc, d); },
-      [&](int64_t q) { return dt + kept[q] * d; });
+  auto row = [&](int64_t q) { return dt + kept[q] * d; };
+  return sum_rows(kept.size(), d, d, row, [&](int64_t q) { return z[kept[q]]; }, row);
 }
 
 int64_t rows_of(const torch::Tensor& t) { return t.dim() ? t.size(0) : 0; }
@@ -262,8 +291,8 @@ torch::Tensor mlp_dense(torch::Tensor gu, torch::Tensor dt, torch::Tensor x, int
   const float* gp = mat(gu, "gu", 2 * n, d);
   const float* dp = mat(dt, "dt", n, d);
   const auto z = z_all(gp, n, d, vec(x, d, "x"), kind);
-  return partial_sums(n, d, 0, [&](int64_t i, float* acc) { axpy(z[i], dp + i * d, acc, d); },
-                      [&](int64_t i) { return dp + i * d; });
+  auto row = [&](int64_t i) { return dp + i * d; };
+  return sum_rows(n, d, 0, row, [&](int64_t i) { return z[i]; }, row);
 }
 
 // Neurons with |z_i| * scale_i >= t (scale empty: 1): tda, cett.
@@ -299,13 +328,10 @@ std::vector<float> gate_all(const float* g, int64_t n, int64_t d, const float* x
 // up and down of the kept neurons, one block [up_i; W_down[:, i]] each from ud (n, 2, d).
 torch::Tensor up_down_rows(const float* ud, int64_t d, const float* x, const std::vector<float>& a,
                            const std::vector<int64_t>& kept) {
-  return partial_sums(
-      kept.size(), d, 2 * d,
-      [&](int64_t q, float* acc) {
-        const float* r = ud + kept[q] * 2 * d;
-        axpy(a[kept[q]] * dot(r, x, d), r + d, acc, d);
-      },
-      [&](int64_t q) { return ud + kept[q] * 2 * d; });
+  auto block = [&](int64_t q) { return ud + kept[q] * 2 * d; };
+  return sum_rows(
+      kept.size(), d, 2 * d, block, [&](int64_t q) { return a[kept[q]] * dot(block(q), x, d); },
+      [&](int64_t q) { return block(q) + d; });
 }
 
 // |act(gate . x)| >= t: up and down for survivors only (cats).
@@ -338,24 +364,23 @@ torch::Tensor mlp_gate_experts(torch::Tensor g, torch::Tensor ud, torch::Tensor 
 
 // gate, up and down of the kept neurons, one block [gate_i; up_i; W_down[:, i]] each.
 torch::Tensor record_rows(const float* rec, int64_t d, const float* x, int64_t kind, const std::vector<int64_t>& kept) {
-  return partial_sums(
-      kept.size(), d, 3 * d,
-      [&](int64_t q, float* acc) {
-        const float* r = rec + kept[q] * 3 * d;
-        axpy(act(dot(r, x, d), kind) * dot(r + d, x, d), r + 2 * d, acc, d);
-      },
-      [&](int64_t q) { return rec + kept[q] * 3 * d; });
+  auto block = [&](int64_t q) { return rec + kept[q] * 3 * d; };
+  return sum_rows(
+      kept.size(), d, 3 * d, block, [&](int64_t q) { return act(dot(block(q), x, d), kind) * dot(block(q) + d, x, d); },
+      [&](int64_t q) { return block(q) + 2 * d; });
 }
 
-// DejaVu: logits = w2 (w1 x), the k largest kept.
+// DejaVu: logits = w2 (w1 x), the k largest kept. w2 comes transposed, w2t (r, n): the logits
+// are r vector updates of length n (a row of w2 has only r floats, too short for a dot product's
+// vectors; computed that way, the router took about a tenth of the dense MLP's time).
 torch::Tensor mlp_router_topk(torch::Tensor records, torch::Tensor x, int64_t kind, torch::Tensor w1,
-                              torch::Tensor w2, int64_t k) {
-  const int64_t n = rows_of(w2), d = x.numel(), r = rows_of(w1);
+                              torch::Tensor w2t, int64_t k) {
+  const int64_t d = x.numel(), r = rows_of(w1), n = w2t.numel() / std::max<int64_t>(1, r);
   const float* xp = vec(x, d, "x");
-  const float *p1 = mat(w1, "w1", r, d), *p2 = mat(w2, "w2", n, r);
-  std::vector<float> h(r), logits(n);
-  for_rows(p1, d, r, 32, true, [&](int64_t j) { h[j] = dot(p1 + j * d, xp, d); });
-  for_rows(p2, r, n, 64, true, [&](int64_t i) { logits[i] = dot(p2 + i * r, h.data(), r); });
+  const float *p1 = mat(w1, "w1", r, d), *p2 = mat(w2t, "w2t", r, n);
+  std::vector<float> h(r), logits(n, 0.f);
+  for (int64_t j = 0; j < r; ++j) h[j] = dot(p1 + j * d, xp, d);
+  for (int64_t j = 0; j < r; ++j) axpy(h[j], p2 + j * n, logits.data(), n);
   return record_rows(mat(records, "records", 3 * n, d), d, xp, kind, top_k(logits.data(), n, k));
 }
 
@@ -375,30 +400,21 @@ torch::Tensor mlp_router_experts(torch::Tensor records, torch::Tensor x, int64_t
 
 // y = sum over input channels j with |x_j| >= t_s of x_j * Wt[j, columns of segment s]: Wt (in,
 // out), columns cut into segments by `bounds` (S + 1 offsets from 0 to out), one threshold each
-// (q, k and v of a stacked matrix; gate and up). A kept channel's row (its kept segments) is read
-// as one block; the kept channels split among tasks with partial sums.
+// (q, k and v of a stacked matrix; gate and up). Each segment is one `sum_rows` over its kept
+// channels (a kept channel's piece of the segment is one contiguous block).
 void linear_t_into(const float* wt, int64_t in, int64_t out, const float* x, const std::vector<int64_t>& bounds,
                    const std::vector<float>& th, float* y) {
-  const float lo = *std::min_element(th.begin(), th.end());
   std::vector<int64_t> kept;
   kept.reserve(in);
-  for (int64_t j = 0; j < in; ++j)
-    if (std::fabs(x[j]) >= lo) kept.push_back(j);
-  const bool uniform = *std::max_element(th.begin(), th.end()) == lo;
-  auto sum = partial_sums(
-      kept.size(), out, out,
-      [&](int64_t q, float* acc) {
-        const int64_t j = kept[q];
-        const float* row = wt + j * out;
-        if (uniform) {
-          axpy(x[j], row, acc, out);
-          return;
-        }
-        for (size_t s = 0; s < th.size(); ++s)
-          if (std::fabs(x[j]) >= th[s]) axpy(x[j], row + bounds[s], acc + bounds[s], bounds[s + 1] - bounds[s]);
-      },
-      [&](int64_t q) { return wt + kept[q] * out; });
-  std::memcpy(y, sum.data_ptr<float>(), out * sizeof(float));
+  for (size_t s = 0; s < th.size(); ++s) {
+    kept.clear();
+    for (int64_t j = 0; j < in; ++j)
+      if (std::fabs(x[j]) >= th[s]) kept.push_back(j);
+    const int64_t b = bounds[s];
+    auto row = [&](int64_t q) { return wt + kept[q] * out + b; };
+    sum_rows_into(kept.size(), bounds[s + 1] - b, bounds[s + 1] - b, row, [&](int64_t q) { return x[kept[q]]; }, row,
+                  y + b);
+  }
 }
 
 torch::Tensor linear_t(torch::Tensor wt, torch::Tensor x, std::vector<int64_t> bounds, std::vector<double> thresholds) {
