@@ -7,6 +7,8 @@ teal's decode spend their time.
     .venv/bin/python benchmarks/probes.py selects      each method's `select` on one 512-token piece (ms per layer)
     .venv/bin/python benchmarks/probes.py teal-decode  teal_mlp against mlp_dense per layer call inside a real
                                                        decode (cProfile), with teal's kept share of its inputs
+    .venv/bin/python benchmarks/probes.py decode-parts where a dense decode token's time goes (cProfile, 48
+                                                       tokens), with the attention half in torch ops and fused
     .venv/bin/python benchmarks/probes.py linear-t     input-channel products (linear_t) against the dense gemv,
                                                        30 layers of each attention/MLP shape, half and all kept
 """
@@ -127,6 +129,30 @@ def teal_decode(lm, tokens: int = 48) -> None:
     print(f"teal's kept share of the MLP input: {statistics.mean(shares):.3f} over {len(shares)} calls")
 
 
+def decode_parts(lm, tokens: int = 48) -> None:
+    from moyu_core import llama_step
+
+    fused = llama_step.LlamaDecoder._fused_layers
+    dense = make("dense")
+    generate(lm, PROMPT, dense, 8)                       # warm: layouts built, kernels loaded
+    for step in ("torch", "fused", "torch", "fused"):
+        llama_step.LlamaDecoder._fused_layers = fused if step == "fused" else (lambda self: None)
+        try:
+            prof = cProfile.Profile()
+            r = prof.runcall(generate, lm, PROMPT, dense, tokens)
+        finally:
+            llama_step.LlamaDecoder._fused_layers = fused
+        parts = {"mlp": 0.0, "products": 0.0}
+        for (_, _, name), v in pstats.Stats(prof).stats.items():
+            if "moyu_sparse_decode." in name:
+                parts["mlp" if ".mlp_" in name else "products"] += v[2]
+        per = 1e3 / (tokens - 1)
+        total = 1e3 / r["decode_tokens_per_s"]
+        print(f"{step:5s} step, ms a token under cProfile: {total:.1f} decode; {parts['mlp'] * per:.1f} MLP "
+              f"kernels, {parts['products'] * per:.1f} other kernels (q/k/v, o, LM head, fused attention), "
+              f"{total - (parts['mlp'] + parts['products']) * per:.1f} the rest")
+
+
 def linear_t(lm) -> None:
     ops, L, d = kernels.ops(), lm.n_layers, lm.d_model
     g = torch.Generator().manual_seed(0)
@@ -144,13 +170,13 @@ def linear_t(lm) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=["topk", "atlas-pass", "selects", "teal-decode", "linear-t"])
+    ap.add_argument("probe", choices=["topk", "atlas-pass", "selects", "teal-decode", "decode-parts", "linear-t"])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     models.setup_compute(args.threads)
     lm = models.load()
     probes = {"topk": topk, "atlas-pass": atlas_pass, "selects": selects, "teal-decode": teal_decode,
-              "linear-t": linear_t}
+              "decode-parts": decode_parts, "linear-t": linear_t}
     probes[args.probe](lm)
 
 

@@ -85,6 +85,32 @@ def test_mlps_restored_when_a_method_raises(lm):
     assert [layer.mlp for layer in lm.layers] == mlps and hook_count(lm.model) == 0
 
 
+def test_fused_attention_step_equals_the_torch_step(lm):
+    """The step with each layer's attention half in one kernel call (`llama_attention`) gives the
+    logits and KV caches of the same step in torch ops, dense and with TEAL's skipped channels."""
+    from moyu_core import llama_step
+    from moyu_core.preparation import prepare
+
+    ids = lm.encode(TEXT)
+    teal = make("teal", keep=0.5)
+    prepare(lm, teal)
+    for linears in (llama_step.DenseLinears(lm),
+                    llama_step.InputSparseLinears(lm, [teal.layer_thresholds(i, lm) for i in range(lm.n_layers)])):
+        with torch.inference_mode():
+            past = lm.model(torch.tensor([ids]), use_cache=True).past_key_values
+            fused = llama_step.LlamaDecoder(lm, past, len(ids), 4, linears)
+            plain = llama_step.LlamaDecoder(lm, past, len(ids), 4, linears)
+            assert fused.fused is not None
+            plain.fused = None
+            tok = ids[-1]
+            for _ in range(4):
+                a, b = fused.step(tok), plain.step(tok)
+                assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), type(linears).__name__
+                tok = int(b.argmax())
+            for i in range(lm.n_layers):
+                assert torch.allclose(fused.k[i], plain.k[i], atol=1e-5) and torch.allclose(fused.v[i], plain.v[i], atol=1e-5)
+
+
 def test_llama_step_logits_match_transformers(lm):
     """The hand-written decode step gives transformers' logits, step after step."""
     from moyu_core import llama_step

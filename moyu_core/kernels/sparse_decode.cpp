@@ -9,8 +9,10 @@
 //   wt (in, out)                                           input-channel skipping (TEAL): one
 //                                                          row per input channel.
 // Every kernel applies its selection (threshold, top-k, router) itself; the list of kept rows is
-// built here, never in Python. Rows read in order stream (the hardware prefetcher follows);
-// kept rows far apart are prefetched into L2 one ahead. Work is one task per thread
+// built here, never in Python. The dense stream of gate and up is left to the hardware prefetcher;
+// kept blocks, and the sparse kernels' other streams, are prefetched into L2 at a constant
+// distance ahead (`Ahead`). `llama_attention` is the attention half of a Llama decode step (the
+// small operations around its two products in one call). Work is one task per thread
 // (at::parallel_for, torch's own OpenMP pool); a task summing rows keeps its own partial sum,
 // added up in task order, so results do not depend on thread timing. Inner loops are plain
 // loops on 16-float vector values; on x86-64 GCC builds them for AVX-512, AVX2+FMA and baseline
