@@ -72,7 +72,8 @@ class DenseLinears:
 
 class InputSparseLinears(DenseLinears):
     """TEAL's attention products: input channels j with |x_j| below the projection's threshold are
-    skipped, the weights stored transposed (in, out) so that a channel is one row. thresholds[i]
+    skipped, the weights stored transposed per segment (q, k, v; `kernels.segments_transposed`) so
+    that a channel's weights in a segment are one row. thresholds[i]
     maps "q", "k", "v", "o" to layer i's thresholds. The LM head stays dense."""
 
     def __init__(self, lm, thresholds: list[dict]):
@@ -83,14 +84,17 @@ class InputSparseLinears(DenseLinears):
         a = lm.layers[0].self_attn
         n_q, n_k = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
         self.bounds = [0, n_q, n_q + n_k, n_q + 2 * n_k]
-        self.w_qkv_t = [kernels.transposed(lm, (i, "qkv"), lambda i=i: _qkv(lm, i)) for i in range(lm.n_layers)]
-        self.w_o_t = [kernels.transposed(lm, (i, "o"), lambda i=i: _o(lm, i)) for i in range(lm.n_layers)]
+        n_o = a.o_proj.weight.shape[0]
+        self.bounds_o = [0, n_o]
+        self.w_qkv_t = [kernels.transposed(lm, (i, "qkv"), lambda i=i: _qkv(lm, i), self.bounds)
+                        for i in range(lm.n_layers)]
+        self.w_o_t = [kernels.transposed(lm, (i, "o"), lambda i=i: _o(lm, i), self.bounds_o) for i in range(lm.n_layers)]
 
     def qkv(self, i, x):
         return self.linear_t(self.w_qkv_t[i], x, self.bounds, self.t_qkv[i])
 
     def o(self, i, x):
-        return self.linear_t(self.w_o_t[i], x, [0, self.w_o_t[i].shape[1]], self.t_o[i])
+        return self.linear_t(self.w_o_t[i], x, self.bounds_o, self.t_o[i])
 
     def fused(self, i):
         return self.w_qkv_t[i], self.bounds, self.t_qkv[i], self.w_o_t[i], self.t_o[i]

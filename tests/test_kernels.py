@@ -32,7 +32,7 @@ def _layouts(gate, up, down):
     h = kernels.hugepage
     return {"gu": h(torch.stack([gate, up], 1)), "dt": h(down.T), "g": h(gate),
             "ud": h(torch.stack([up, down.T], 1)), "rec": h(torch.stack([gate, up, down.T], 1)),
-            "gut": h(torch.cat([gate, up]).T)}
+            "gut": kernels.segments_transposed(torch.cat([gate, up]), [0, gate.shape[0], 2 * gate.shape[0]])}
 
 
 def _masked_mlp(gate, up, down, x, kind, keep):
@@ -96,12 +96,12 @@ def test_input_channel_skipping_equals_masked_dense(out, inp, threads):
     K = kernels.ops()
     g = torch.Generator().manual_seed(1)
     w, x = torch.randn(out, inp, generator=g), torch.randn(inp, generator=g)
-    wt = kernels.hugepage(w.T)
     bounds = [0, out // 2, 3 * out // 4, out]
+    wt = kernels.segments_transposed(w, bounds)
     th = [_between(x), 0.0, _between(x, 0.8)]
     ref = torch.cat([w[a:b] @ (x * (x.abs() >= t)) for a, b, t in zip(bounds, bounds[1:], th)])
     _close(K.linear_t(wt, x, bounds, th), ref, float(ref.abs().max()))
-    _close(K.linear_t(wt, x, [0, out], [0.0]), w @ x, float((w @ x).abs().max()))
+    _close(K.linear_t(kernels.hugepage(w.T), x, [0, out], [0.0]), w @ x, float((w @ x).abs().max()))
     _close(K.gemv(kernels.hugepage(w), x), w @ x, float((w @ x).abs().max()))
 
 

@@ -118,17 +118,25 @@ def records(lm, i: int) -> torch.Tensor:
     return lm.derived((i, "kernels.records"), build)
 
 
+def segments_transposed(w: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    """W (out, in) for input-channel skipping: its output rows cut into segments at `bounds` (0 to
+    out), each segment stored transposed, (in, segment width), one after another, flat, in
+    huge-page memory. An input channel's weights in one segment are one contiguous row, and a
+    segment's rows are packed together (read at half, they stay near one another)."""
+    return hugepage(torch.cat([w[a:b].T.reshape(-1) for a, b in zip(bounds, bounds[1:])]))
+
+
 def teal_layout(lm, i: int) -> torch.Tensor:
-    """TEAL's gate and up, input channels first: (d, 2 d_ff), row j = [W_gate[:, j]; W_up[:, j]]."""
+    """TEAL's gate and up: W_gate^T (d, d_ff) then W_up^T (d, d_ff), flat (`segments_transposed`)."""
     def build():
         w = lm.mlp_weights(i)
-        return hugepage(torch.cat([w.gate, w.up]).T)
+        return segments_transposed(torch.cat([w.gate, w.up]), [0, lm.d_ff, 2 * lm.d_ff])
     return lm.derived((i, "kernels.teal"), build)
 
 
-def transposed(lm, key, build) -> torch.Tensor:
-    """`build()` (out, in) kept with the model as (in, out) in huge-page memory."""
-    return lm.derived((key, "kernels.transposed"), lambda: hugepage(build().T))
+def transposed(lm, key, build, bounds: list[int]) -> torch.Tensor:
+    """`build()` (out, in) kept with the model as `segments_transposed` at `bounds`."""
+    return lm.derived((key, "kernels.segments"), lambda: segments_transposed(build(), bounds))
 
 
 def rows(lm, key, build) -> torch.Tensor:

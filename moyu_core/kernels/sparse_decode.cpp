@@ -6,8 +6,8 @@
 //   g (n, d) and ud (n, 2, d) [up_i; W_down[:, i]]          gate-based (the gate streams, a kept
 //                                                          neuron's up and down are one block);
 //   records (n, 3, d) [gate_i; up_i; W_down[:, i]]          routers (a kept neuron is one block);
-//   wt (in, out)                                           input-channel skipping (TEAL): one
-//                                                          row per input channel.
+//   wt: each output segment transposed, (in, width)        input-channel skipping (TEAL): one
+//                                                          row per input channel and segment.
 // Every kernel applies its selection (threshold, top-k, router) itself; the list of kept rows is
 // built here, never in Python. The dense stream of gate and up is left to the hardware prefetcher;
 // kept blocks, and the sparse kernels' other streams, are prefetched into L2 at a constant
@@ -180,32 +180,41 @@ void for_rows(const float* base, int64_t span, int64_t n, int64_t min_per_task, 
 // in one unbroken stream (dense), are not prefetched and go one at a time, as four interleaved
 // streams ran slower (25 alternating rounds, 1 and 2 threads).
 template <class Block, class Coef, class RowPtr>
+void sum_range(int64_t q0, int64_t q1, int64_t d, int64_t span, const Block& block, const Coef& coef,
+               const RowPtr& row, float* acc) {
+  Ahead<Block> ahead(block, span, q0, q1);
+  int64_t q = q0;
+  for (; span > 0 && q + 4 <= q1; q += 4) {
+    float a[4];
+    const float* w[4];
+    for (int u = 0; u < 4; ++u) {
+      ahead.step();
+      a[u] = coef(q + u);
+      w[u] = row(q + u);
+    }
+    axpy4(a, w, acc, d);
+  }
+  for (; q < q1; ++q) {
+    ahead.step();
+    axpy(coef(q), row(q), acc, d);
+  }
+}
+
+// The tasks' partial sums (tasks x d) added in task order into y (d).
+void add_parts(const std::vector<float>& part, int64_t tasks, int64_t d, float* y) {
+  std::fill(y, y + d, 0.f);
+  for (int64_t t = 0; t < tasks; ++t) axpy(1.f, part.data() + t * d, y, d);
+}
+
+template <class Block, class Coef, class RowPtr>
 void sum_rows_into(int64_t K, int64_t d, int64_t span, const Block& block, const Coef& coef, const RowPtr& row,
                    float* y) {
   const int64_t tasks = task_count(K, 64);
   std::vector<float> part(tasks * d, 0.f);
   run_tasks(tasks, [&](int64_t t) {
-    float* acc = part.data() + t * d;
-    const int64_t q0 = split(K, tasks, t), q1 = split(K, tasks, t + 1);
-    Ahead<Block> ahead(block, span, q0, q1);
-    int64_t q = q0;
-    for (; span > 0 && q + 4 <= q1; q += 4) {
-      float a[4];
-      const float* w[4];
-      for (int u = 0; u < 4; ++u) {
-        ahead.step();
-        a[u] = coef(q + u);
-        w[u] = row(q + u);
-      }
-      axpy4(a, w, acc, d);
-    }
-    for (; q < q1; ++q) {
-      ahead.step();
-      axpy(coef(q), row(q), acc, d);
-    }
+    sum_range(split(K, tasks, t), split(K, tasks, t + 1), d, span, block, coef, row, part.data() + t * d);
   });
-  std::fill(y, y + d, 0.f);
-  for (int64_t t = 0; t < tasks; ++t) axpy(1.f, part.data() + t * d, y, d);
+  add_parts(part, tasks, d, y);
 }
 
 template <class Block, class Coef, class RowPtr>
@@ -404,23 +413,36 @@ torch::Tensor mlp_router_experts(torch::Tensor records, torch::Tensor x, int64_t
 
 // ---- input-channel skipping (TEAL) --------------------------------------------------------------
 
-// y = sum over input channels j with |x_j| >= t_s of x_j * Wt[j, columns of segment s]: Wt (in,
-// out), columns cut into segments by `bounds` (S + 1 offsets from 0 to out), one threshold each
-// (q, k and v of a stacked matrix; gate and up). Each segment is one `sum_rows` over its kept
-// channels (a kept channel's piece of the segment is one contiguous block).
+// y = W x over the input channels j with |x_j| >= t_s in output segment s: W's output rows cut
+// into segments by `bounds` (S + 1 offsets from 0 to out), one threshold each (q, k and v of a
+// stacked matrix; gate and up), wt segment-major: segment s transposed, (in, width_s), at offset
+// in * bounds[s] (`kernels.segments_transposed`). The kept (segment, channel) rows, each one
+// contiguous block, split among tasks in one parallel region (a region per segment cost more
+// than the skipped bytes saved on q/k/v at 2 threads).
 void linear_t_into(const float* wt, int64_t in, int64_t out, const float* x, const std::vector<int64_t>& bounds,
                    const std::vector<float>& th, float* y) {
-  std::vector<int64_t> kept;
-  kept.reserve(in);
-  for (size_t s = 0; s < th.size(); ++s) {
-    kept.clear();
+  const int64_t S = th.size();
+  std::vector<int64_t> kept, first(S + 1, 0);   // the kept channels of every segment, one after another
+  kept.reserve(S * in);
+  for (int64_t s = 0; s < S; ++s) {
     for (int64_t j = 0; j < in; ++j)
       if (std::fabs(x[j]) >= th[s]) kept.push_back(j);
-    const int64_t b = bounds[s];
-    auto row = [&](int64_t q) { return wt + kept[q] * out + b; };
-    sum_rows_into(kept.size(), bounds[s + 1] - b, bounds[s + 1] - b, row, [&](int64_t q) { return x[kept[q]]; }, row,
-                  y + b);
+    first[s + 1] = kept.size();
   }
+  const int64_t K = kept.size(), tasks = task_count(K, 64);
+  std::vector<float> part(tasks * out, 0.f);
+  run_tasks(tasks, [&](int64_t t) {   // one parallel region for all segments
+    const int64_t q0 = split(K, tasks, t), q1 = split(K, tasks, t + 1);
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t a = std::max(q0, first[s]), e = std::min(q1, first[s + 1]);
+      if (a >= e) continue;
+      const int64_t b = bounds[s], width = bounds[s + 1] - b;
+      const float* seg = wt + in * b;
+      auto row = [&](int64_t q) { return seg + kept[q] * width; };
+      sum_range(a, e, width, width, row, [&](int64_t q) { return x[kept[q]]; }, row, part.data() + t * out + b);
+    }
+  });
+  add_parts(part, tasks, out, y);
 }
 
 torch::Tensor linear_t(torch::Tensor wt, torch::Tensor x, std::vector<int64_t> bounds, std::vector<double> thresholds) {
@@ -434,8 +456,8 @@ torch::Tensor linear_t(torch::Tensor wt, torch::Tensor x, std::vector<int64_t> b
   return y;
 }
 
-// TEAL's MLP: gate and up skip the input channels below their thresholds (gut (d, 2n): row j is
-// column j of gate then of up), z = act(g) * u, and down skips neurons with |z| < t_down.
+// TEAL's MLP: gate and up skip the input channels below their thresholds (gut: W_gate^T (d, n)
+// then W_up^T (d, n)), z = act(g) * u, and down skips neurons with |z| < t_down.
 torch::Tensor teal_mlp(torch::Tensor gut, torch::Tensor dt, torch::Tensor x, int64_t kind, double t_gate,
                        double t_up, double t_down) {
   const int64_t n = rows_of(dt), d = x.numel();
@@ -477,7 +499,7 @@ void rms_norm(const float* x, const float* w, double eps, int64_t d, float* y) {
   for (int64_t j = 0; j < d; ++j) y[j] = x[j] * r * w[j];
 }
 
-// y = W x: W (out, in) read row by row when `thresholds` is empty (dense), else Wt (in, out) with
+// y = W x: W (out, in) read row by row when `thresholds` is empty (dense), else W segment-major with
 // input channels below their segment's threshold skipped (TEAL, `linear_t_into`).
 void product(const torch::Tensor& w, const float* x, int64_t in, int64_t out, const std::vector<int64_t>& bounds,
              const std::vector<double>& thresholds, float* y) {
