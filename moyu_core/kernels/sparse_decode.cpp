@@ -466,13 +466,15 @@ torch::Tensor teal_mlp(torch::Tensor gut, torch::Tensor dt, torch::Tensor x, int
   linear_t_into(mat(gut, "gut", d, 2 * n), d, 2 * n, xp, {0, n, 2 * n},
                 {static_cast<float>(t_gate), static_cast<float>(t_up)}, gu.data());
   std::vector<float> z(n);
+  const int64_t tasks = task_count(n, 256);   // the activation split among the tasks, as in z_all
+  run_tasks(tasks, [&](int64_t t) {
+    for (int64_t i = split(n, tasks, t); i < split(n, tasks, t + 1); ++i) z[i] = act(gu[i], kind) * gu[n + i];
+  });
   std::vector<int64_t> kept;
   kept.reserve(n);
   const float th = static_cast<float>(t_down);
-  for (int64_t i = 0; i < n; ++i) {
-    z[i] = act(gu[i], kind) * gu[n + i];
+  for (int64_t i = 0; i < n; ++i)
     if (std::fabs(z[i]) >= th) kept.push_back(i);
-  }
   return down_rows(mat(dt, "dt", n, d), d, z, kept);
 }
 
