@@ -1,14 +1,16 @@
-"""Decode speed: dense and method alternating in one process (A B A B ...), median of the per-pair
-decode tokens/s ratios, at 1 and 2 threads, beside each method's ceiling 1 / (1 - s (1 - k)) (s: the
-bytes its kind can skip, `decode.ceiling`) and the fraction of that ceiling it reaches.
+"""Decode speed: dense and method alternating in one process (A B A B ...), the median of the
+per-pair ratios of the median decode step (`decode.compare_speed`), at 1 and 2 threads, beside
+each method's ceiling 1 / (1 - s (1 - k)) (s: the bytes its kind can skip, `decode.ceiling`) and
+the fraction of that ceiling it reaches.
 
     python benchmarks/decode_speed.py                                  every method, keep 0.5, 1 and 2 threads
     python benchmarks/decode_speed.py --method teal --keep 0.5 --threads 2 --json   one row
     python benchmarks/decode_speed.py --keeps 0.5,0.25 --pairs 7       more keeps, more pairs
     python benchmarks/decode_speed.py --vs-hf --json      lean dense loop vs transformers' generate
 
-Columns: speed-up (median wall-clock ratio), cpu (median ratio of decode CPU time: on one thread
-the work itself, a check that holds on a busy machine), ceiling, x/ceil = speed-up / ceiling,
+Columns: speed-up (median over pairs of dense's median step / the method's), tok/s (median over
+pairs of the decode tokens/s ratio: whole sides, so stalls of the machine weigh in), cpu (median
+ratio of decode CPU time: on one thread the work itself, a check that holds on a busy machine), ceiling, x/ceil = speed-up / ceiling,
 gain = (speed-up - 1) / (ceiling - 1), the share of the possible gain reached.
 """
 from __future__ import annotations
@@ -29,16 +31,17 @@ METHODS = ("tda", "cett", "oracle", "cats", "moe-oracle", "dejavu", "moe", "teal
 
 
 def bench(lm, name: str, keep: float, pairs: int, tokens: int, executed: bool = True, threads: int | None = None) -> dict:
-    """Alternate dense and method `pairs` times; the median of per-pair decode tokens/s ratios."""
+    """Alternate dense and method `pairs` times (`decode.compare_speed`): the median of the per-pair ratios."""
     if threads:
         setup_compute(threads)
     r = compare_speed(lm, PROMPT, make(name, keep=keep), tokens, pairs, executed)
     c = ceiling(lm, name, keep)
     s = r["speedup_median"]
     return {"method": name, "keep": keep, "threads": torch.get_num_threads(), "speedup_median": s,
+            "throughput_median": statistics.median(r["throughput_ratios"]),
             "cpu_ratio_median": r["cpu_ratio_median"], "ceiling": c, "of_ceiling": s / c,
             "gain_of_ceiling": (s - 1) / (c - 1) if c > 1 else float("nan"), "pairs": r["pairs"],
-            "tokens": tokens, "label": r["label"], "ratios": r["ratios"],
+            "tokens": tokens, "label": r["label"], "ratios": r["ratios"], "throughput_ratios": r["throughput_ratios"],
             "slice_ms": r["method"]["slice_ms"], "prefill_ms": r["method"]["prefill_ms"],
             "dense_tokens_per_s": r["dense"]["decode_tokens_per_s"]}
 
@@ -87,7 +90,7 @@ def main() -> None:
     keeps = [a.keep] if a.keep is not None else [float(k) for k in a.keeps.split(",")]
     names = [a.method] if a.method else list(METHODS)
     threads = [int(t) for t in a.threads.split(",")]
-    print(f"{'method':10s} {'keep':>5s} {'thr':>3s} {'speed-up':>8s} {'cpu':>6s} {'ceiling':>7s} {'x/ceil':>6s} "
+    print(f"{'method':10s} {'keep':>5s} {'thr':>3s} {'speed-up':>8s} {'tok/s':>6s} {'cpu':>6s} {'ceiling':>7s} {'x/ceil':>6s} "
           f"{'gain':>5s} {'slice ms':>8s}  label ({a.pairs} pairs, {a.tokens} tokens)", flush=True)
     rows = []
     for t in threads:
@@ -95,7 +98,8 @@ def main() -> None:
             for keep in keeps:
                 r = bench(lm, name, keep, a.pairs, a.tokens, not a.simulated, t)
                 rows.append(r)
-                print(f"{name:10s} {keep:5.2f} {t:3d} {r['speedup_median']:7.2f}x {r['cpu_ratio_median']:5.2f}x "
+                print(f"{name:10s} {keep:5.2f} {t:3d} {r['speedup_median']:7.2f}x {r['throughput_median']:5.2f}x "
+                      f"{r['cpu_ratio_median']:5.2f}x "
                       f"{r['ceiling']:6.2f}x {r['of_ceiling']:6.2f} {r['gain_of_ceiling']:5.2f} {r['slice_ms']:8.1f}  "
                       f"{r['label']}", flush=True)
     if a.json:
