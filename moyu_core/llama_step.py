@@ -12,7 +12,7 @@ transformers' forward.
 For float32 weights each layer's attention half (both norms, the q/k/v product, RoPE, the cache
 write, attention, the o product and the residual) is one call of the kernels' `llama_attention`.
 As about thirty small torch calls a layer, the time outside the kernels was about a quarter of a
-135M model's dense decode step (`python benchmarks/probes.py decode-parts --threads 2`), a fixed
+135M model's dense decode step under cProfile (`python benchmarks/probes.py decode-parts --threads 2`), a fixed
 cost that hid what a sparse MLP buys. The MLP still runs through `layer.mlp`.
 
 Every product of the step other than the MLP (q, k and v stacked, o, the LM head) goes through

@@ -122,10 +122,10 @@ constexpr int64_t AHEAD_LINES = 108;
 // floats each) in the order they will be read, AHEAD_LINES lines ahead of the reading. The
 // constructor issues the first AHEAD_LINES lines; `step()`, called as each item starts, one
 // block's worth more, so the distance stays constant. Every block is prefetched, kept blocks that
-// follow one another too: on this 2-core EPYC the hardware prefetcher, retrained at every jump
-// and within 4 KiB, left gathered rows at keep 0.5 read at about 55% of the streaming rate, and
-// bursts of a whole block one item ahead at about 75%; a constant distance reads them at about
-// 90% (one thread) and speeds up plain streaming too.
+// follow one another too. On this 2-core EPYC, in a standalone loop over records at keep 0.5 (not
+// kept in the repository), the hardware prefetcher alone, retrained at every jump, read them at
+// about 55% of the streaming rate, a burst of the whole next block at each item at about 75%,
+// and this constant distance at about 90%.
 template <class Block>
 class Ahead {
  public:
@@ -155,9 +155,9 @@ class Ahead {
 
 // f(i) for i in [0, n) over rows of `span` floats from `base` (row i at base + i * span), read in
 // order: contiguous ranges, one per task, prefetched ahead if `fetch`. The dense MLP's stream of
-// gate and up (z_all, also tda's, cett's and oracle's) runs without: it ran 7-15% slower with (25
-// alternating rounds at 1 and 2 threads; the hardware prefetcher alone keeps up with it). The
-// gate of cats and moe-oracle and the routers' weights ran faster with it.
+// gate and up (z_all, also tda's, cett's and oracle's) runs without: it ran slower with, in
+// alternating rounds at 1 and 2 threads (the hardware prefetcher alone keeps up with it); the gate
+// of cats and moe-oracle ran faster with it.
 template <class F>
 void for_rows(const float* base, int64_t span, int64_t n, int64_t min_per_task, bool fetch, const F& f) {
   const int64_t tasks = task_count(n, min_per_task);
@@ -177,8 +177,8 @@ void for_rows(const float* base, int64_t span, int64_t n, int64_t min_per_task, 
 // `block(q)` is the block of `span` floats item q reads (its row, or a record whose coefficient
 // comes from dot products over the rest of it), prefetched ahead (`Ahead`). Gathered items go
 // four per pass over the task's partial sum (a quarter of its loads and stores); span 0, rows read
-// in one unbroken stream (dense), are not prefetched and go one at a time, as four interleaved
-// streams ran slower (25 alternating rounds, 1 and 2 threads).
+// in one unbroken stream (dense), are not prefetched and go one at a time: both prefetching them
+// and four interleaved streams made dense slower, in alternating rounds at 1 and 2 threads.
 template <class Block, class Coef, class RowPtr>
 void sum_range(int64_t q0, int64_t q1, int64_t d, int64_t span, const Block& block, const Coef& coef,
                const RowPtr& row, float* acc) {
@@ -382,8 +382,8 @@ torch::Tensor record_rows(const float* rec, int64_t d, const float* x, int64_t k
 }
 
 // DejaVu: logits = w2 (w1 x), the k largest kept. w2 comes transposed, w2t (r, n): the logits
-// are r vector updates of length n (a row of w2 has only r floats, too short for a dot product's
-// vectors; computed that way, the router took about a tenth of the dense MLP's time).
+// are r vector updates of length n (a row of w2 has only r floats, too short for the dot
+// product's 16-float vectors).
 torch::Tensor mlp_router_topk(torch::Tensor records, torch::Tensor x, int64_t kind, torch::Tensor w1,
                               torch::Tensor w2t, int64_t k) {
   const int64_t d = x.numel(), r = rows_of(w1), n = w2t.numel() / std::max<int64_t>(1, r);
