@@ -10,8 +10,9 @@ the fraction of that ceiling it reaches.
 
 Columns: speed-up (median over pairs of dense's median step / the method's), tok/s (median over
 pairs of the decode tokens/s ratio: whole sides, so stalls of the machine weigh in), cpu (median
-ratio of decode CPU time: on one thread the work itself, a check that holds on a busy machine), ceiling, x/ceil = speed-up / ceiling,
-gain = (speed-up - 1) / (ceiling - 1), the share of the possible gain reached.
+ratio of decode CPU time: on one thread the work itself, a check that holds on a busy machine),
+ceiling, x/ceil = speed-up / ceiling, gain = (speed-up - 1) / (ceiling - 1), the share of the
+possible gain reached.
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def main() -> None:
     keeps = [a.keep] if a.keep is not None else [float(k) for k in a.keeps.split(",")]
     names = [a.method] if a.method else list(METHODS)
     threads = [int(t) for t in a.threads.split(",")]
-    print(f"{'method':10s} {'keep':>5s} {'thr':>3s} {'speed-up':>8s} {'tok/s':>6s} {'cpu':>6s} {'ceiling':>7s} {'x/ceil':>6s} "
+    print(f"{'method':10s} {'keep':>5s} {'thr':>3s} {'speed-up':>8s} {'tok/s':>6s} {'cpu':>6s} {'ceiling':>7s} "
+          f"{'x/ceil':>6s} "
           f"{'gain':>5s} {'slice ms':>8s}  label ({a.pairs} pairs, {a.tokens} tokens)", flush=True)
     rows = []
     for t in threads:

@@ -12,8 +12,9 @@ transformers' forward.
 For float32 weights each layer's attention half (both norms, the q/k/v product, RoPE, the cache
 write, attention, the o product and the residual) is one call of the kernels' `llama_attention`.
 As about thirty small torch calls a layer, the time outside the kernels was about a quarter of a
-135M model's dense decode step under cProfile (`python benchmarks/probes.py decode-parts --threads 2`), a fixed
-cost that hid what a sparse MLP buys. The MLP still runs through `layer.mlp`.
+135M model's dense decode step under cProfile (`python benchmarks/probes.py decode-parts
+--threads 2`), a fixed cost that hid what a sparse MLP buys. The MLP still runs through
+`layer.mlp`.
 
 Every product of the step other than the MLP (q, k and v stacked, o, the LM head) goes through
 `linears`: `DenseLinears` (the fused kernels' dense matrix-vector product, for dense decoding and
@@ -88,7 +89,8 @@ class InputSparseLinears(DenseLinears):
         self.bounds_o = [0, n_o]
         self.w_qkv_t = [kernels.transposed(lm, (i, "qkv"), lambda i=i: _qkv(lm, i), self.bounds)
                         for i in range(lm.n_layers)]
-        self.w_o_t = [kernels.transposed(lm, (i, "o"), lambda i=i: _o(lm, i), self.bounds_o) for i in range(lm.n_layers)]
+        self.w_o_t = [kernels.transposed(lm, (i, "o"), lambda i=i: _o(lm, i), self.bounds_o)
+                      for i in range(lm.n_layers)]
 
     def qkv(self, i, x):
         return self.linear_t(self.w_qkv_t[i], x, self.bounds, self.t_qkv[i])

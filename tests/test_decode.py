@@ -108,7 +108,8 @@ def test_fused_attention_step_equals_the_torch_step(lm):
                 assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), type(linears).__name__
                 tok = int(b.argmax())
             for i in range(lm.n_layers):
-                assert torch.allclose(fused.k[i], plain.k[i], atol=1e-5) and torch.allclose(fused.v[i], plain.v[i], atol=1e-5)
+                assert torch.allclose(fused.k[i], plain.k[i], atol=1e-5)
+                assert torch.allclose(fused.v[i], plain.v[i], atol=1e-5)
 
 
 def test_llama_step_logits_match_transformers(lm):

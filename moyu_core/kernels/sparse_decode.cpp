@@ -391,9 +391,9 @@ torch::Tensor mlp_router_topk(torch::Tensor records, torch::Tensor x, int64_t ki
   const float *p1 = mat(w1, "w1", r, d), *p2 = mat(w2t, "w2t", r, n);
   std::vector<float> h(r), logits(n, 0.f);
   for_rows(p1, d, r, 16, true, [&](int64_t j) { h[j] = dot(p1 + j * d, xp, d); });
-  const int64_t tasks = task_count(n / ALIGN, 16);   // columns split on 64-byte boundaries
+  const int64_t blocks = n / ALIGN, tasks = task_count(blocks, 16);   // columns split on 64-byte boundaries
   run_tasks(tasks, [&](int64_t t) {
-    const int64_t c0 = split(n / ALIGN, tasks, t) * ALIGN, c1 = t + 1 == tasks ? n : split(n / ALIGN, tasks, t + 1) * ALIGN;
+    const int64_t c0 = split(blocks, tasks, t) * ALIGN, c1 = t + 1 == tasks ? n : split(blocks, tasks, t + 1) * ALIGN;
     for (int64_t j = 0; j < r; ++j) axpy(h[j], p2 + j * n + c0, logits.data() + c0, c1 - c0);
   });
   return record_rows(mat(records, "records", 3 * n, d), d, xp, kind, top_k(logits.data(), n, k));
