@@ -277,6 +277,11 @@ const float* mat(const torch::Tensor& t, const char* what, int64_t rows, int64_t
 
 const float* vec(const torch::Tensor& x, int64_t n, const char* what) { return mat(x, what, 1, n); }
 
+// y = W x for W (out, in), rows split among tasks (a stream: not prefetched, see for_rows).
+void gemv_into(const float* w, const float* x, int64_t in, int64_t out, float* y) {
+  for_rows(w, in, out, 64, false, [&](int64_t i) { y[i] = dot(w + i * in, x, in); });
+}
+
 // ---- MLP kernels --------------------------------------------------------------------------------
 
 // z = act(gate . x) * (up . x) of every neuron, gate and up streaming from gu (n, 2, d).
@@ -445,14 +450,20 @@ void linear_t_into(const float* wt, int64_t in, int64_t out, const float* x, con
   add_parts(part, tasks, out, y);
 }
 
+// `linear_t_into` on a segment-major tensor, its bounds and thresholds checked first.
+void linear_t_checked(const torch::Tensor& wt, const float* x, int64_t in, int64_t out,
+                      const std::vector<int64_t>& bounds, const std::vector<double>& thresholds, float* y) {
+  TORCH_CHECK(bounds.size() == thresholds.size() + 1 && !thresholds.empty() && bounds.front() == 0 &&
+                  bounds.back() == out,
+              "bounds must run from 0 to out with one threshold per segment");
+  linear_t_into(mat(wt, "wt", in, out), in, out, x, bounds, std::vector<float>(thresholds.begin(), thresholds.end()),
+                y);
+}
+
 torch::Tensor linear_t(torch::Tensor wt, torch::Tensor x, std::vector<int64_t> bounds, std::vector<double> thresholds) {
   const int64_t in = x.numel(), out = bounds.empty() ? 0 : bounds.back();
-  TORCH_CHECK(bounds.size() == thresholds.size() + 1 && !thresholds.empty() && bounds.front() == 0,
-              "bounds must run from 0 to out with one threshold per segment");
-  const float* w = mat(wt, "wt", in, out);
   auto y = torch::empty({out});
-  linear_t_into(w, in, out, vec(x, in, "x"), bounds, std::vector<float>(thresholds.begin(), thresholds.end()),
-                y.data_ptr<float>());
+  linear_t_checked(wt, vec(x, in, "x"), in, out, bounds, thresholds, y.data_ptr<float>());
   return y;
 }
 
@@ -486,8 +497,7 @@ torch::Tensor gemv(torch::Tensor w, torch::Tensor x) {
   const float* wp = mat(w, "w", out, in);
   const float* xp = vec(x, in, "x");
   auto y = torch::empty({out});
-  float* yp = y.data_ptr<float>();
-  for_rows(wp, in, out, 64, false, [&](int64_t i) { yp[i] = dot(wp + i * in, xp, in); });
+  gemv_into(wp, xp, in, out, y.data_ptr<float>());
   return y;
 }
 
@@ -505,14 +515,10 @@ void rms_norm(const float* x, const float* w, double eps, int64_t d, float* y) {
 // input channels below their segment's threshold skipped (TEAL, `linear_t_into`).
 void product(const torch::Tensor& w, const float* x, int64_t in, int64_t out, const std::vector<int64_t>& bounds,
              const std::vector<double>& thresholds, float* y) {
-  const float* wp = mat(w, "weight", in, out);
-  if (thresholds.empty()) {
-    for_rows(wp, in, out, 64, false, [&](int64_t i) { y[i] = dot(wp + i * in, x, in); });
-    return;
-  }
-  TORCH_CHECK(bounds.size() == thresholds.size() + 1 && bounds.front() == 0 && bounds.back() == out,
-              "bounds must run from 0 to out with one threshold per segment");
-  linear_t_into(wp, in, out, x, bounds, std::vector<float>(thresholds.begin(), thresholds.end()), y);
+  if (thresholds.empty())
+    gemv_into(mat(w, "weight", out, in), x, in, out, y);
+  else
+    linear_t_checked(w, x, in, out, bounds, thresholds, y);
 }
 
 // One layer's attention for one new token at position `pos`, batch 1, in place of the dozens of
