@@ -83,7 +83,13 @@ def test_grid_prompt_quality_and_compare(app_server, new_page, artifacts):
     wait_idle(page)
     legend = svg_texts(page, ".js-plotly-plot .legendtext")
     assert "Pareto frontier" in legend and "griffin" in legend, legend
-    assert page.get_by_text("executed").count() + page.get_by_text("simulated").count() >= 1
+    # the caption under the table says what the labels mean; it comes after the chart, so wait for it
+    caption = page.get_by_text(re.compile(r"labelled executed \(.*\) or simulated"))
+    try:
+        caption.wait_for(timeout=30_000)
+    except Exception:  # noqa: BLE001 - fail with what the page shows
+        shot(page, artifacts, "22-compare-no-caption", height=1400)
+        raise AssertionError(page.inner_text("body")[-2000:]) from None
     page.get_by_role("radio", name="keep", exact=True).click(force=True)   # x axis: keep, from 0 to 1
     page.wait_for_url(re.compile(r"x=keep"))
     wait_idle(page)
