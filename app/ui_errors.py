@@ -12,6 +12,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from moyu_core.errors import MoyuError
+import ui_turns
 
 log = logging.getLogger("moyu.app")
 
@@ -29,11 +30,12 @@ def _log_time(what: str, t0: float) -> None:
 def guard(body: Callable[[], None], what: str = "") -> None:
     """Run a page body; MoyuError becomes its one-line message, anything else a generic one (the
     traceback goes to the server log, never to the browser). st.rerun / st.stop / st.switch_page
-    pass through. With MOYU_TIMING_LOG set, the body's server time is appended there as `what`
+    pass through. Background work waits while it runs (`ui_turns`). With MOYU_TIMING_LOG set, the body's server time is appended there as `what`
     (benchmarks/app_latency.py reads it)."""
     t0 = time.perf_counter()
     try:
-        body()
+        with ui_turns.page_run():   # background jobs wait while it runs and the browser draws
+            body()
     except ScriptControlException:
         raise
     except MoyuError as e:

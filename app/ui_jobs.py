@@ -22,6 +22,7 @@ import streamlit as st
 from moyu_core import analysis, calibration, masks, methods
 from moyu_core.keep import keep_count
 import ui_state
+import ui_turns
 from ui_cache import Lru
 from ui_reads import layer, tokens
 from ui_store import db_path, model
@@ -40,9 +41,11 @@ class Job:
         self.future: Future | None = None
 
     def report(self, fraction: float, message: str | None = None) -> None:
+        """Called by the job between its steps: a checkpoint where it waits for page runs."""
         self.fraction = min(1.0, max(0.0, float(fraction)))
         if message:
             self.message = message
+        ui_turns.background_turn()
 
     def done(self) -> bool:
         return self.future is not None and self.future.done()
@@ -126,7 +129,7 @@ def method_inputs(model_name: str, run_id: str, lm=None) -> Job:
     ids = [i for i, _ in tokens(run_id)]
     return INPUTS.get(key, f"one dense forward over the prompt's {len(ids)} tokens (the gate activations "
                            "and MLP inputs that cats, moe and dejavu read)",
-                      lambda job: masks.method_inputs(lm, ids))
+                      lambda job: masks.method_inputs(lm, ids, progress=job.report))
 
 
 # ---- the oracle: each token's top share of neurons by |z| ---------------------------------------------
@@ -163,6 +166,7 @@ def prefetch_methods(rec) -> None:
 
     def oracles():
         for li in range(n_layers):
+            ui_turns.background_turn()
             if (path, run_id, li, share) not in _ORACLES:
                 _ORACLES.put((path, run_id, li, share), _packed(analysis.top_mask(layer(run_id, li), share)))
 
@@ -319,7 +323,8 @@ def overview(rec) -> Job:
     from ui_reads import overview as read
 
     return OVERVIEWS.get((db_path(), rec.run_id), f"activation frequency and inertia of all {rec.n_layers} "
-                         f"layers ({rec.n_tokens} tokens)", lambda job: read(rec.run_id, rec.n_layers))
+                         f"layers ({rec.n_tokens} tokens)",
+                         lambda job: read(rec.run_id, rec.n_layers, progress=job.report))
 
 
 # ---- waiting ----------------------------------------------------------------------------------------------

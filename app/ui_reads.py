@@ -77,10 +77,16 @@ def neuron_order(run_id: str, layer_index: int, order: str = "frequency"):
                               lambda: analysis.neuron_order(layer(run_id, layer_index), order))
 
 
-def overview(run_id: str, n_layers: int) -> dict:
+def overview(run_id: str, n_layers: int, progress=None) -> dict:
+    """`analysis.layer_overview` of the run; `progress(fraction, message)` before each layer."""
     path = db_path()
-    return _OVERVIEW.get_or_put((path, run_id, n_layers),
-                                lambda: analysis.layer_overview(lambda i: layer(run_id, i), n_layers))
+
+    def get(i: int):
+        if progress:
+            progress(i / n_layers, f"layer {i + 1}/{n_layers}")
+        return layer(run_id, i)
+
+    return _OVERVIEW.get_or_put((path, run_id, n_layers), lambda: analysis.layer_overview(get, n_layers))
 
 
 def clear_run_caches() -> None:

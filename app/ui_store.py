@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import threading
 import time
@@ -37,9 +38,15 @@ def _store(path: str):
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _model(name: str):
+    """The model, loaded once; then everything allocated so far (torch, transformers, the
+    weights' Python objects) leaves the garbage collector's view (`gc.freeze`): a full collection
+    over it took about 250 ms with the GIL held, stalling clicks."""
     models.setup_compute()
     server_memory()
-    return models.load(name)
+    lm = models.load(name)
+    gc.collect()
+    gc.freeze()
+    return lm
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>

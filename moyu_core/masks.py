@@ -50,16 +50,19 @@ def keep_masks(lm, method: Method, ids: list[int]) -> np.ndarray:
 
 
 @torch.inference_mode()
-def method_inputs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def method_inputs(lm, ids: list[int], progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """What the methods that do not decide from z read, for every layer and token of a prompt,
     from one dense forward (decoder body, SDPA): gate = act(gate_proj(x)) (L, T, d_ff) and the
     MLP input x (L, T, d), float32. With the stored z it lets `keep_masks_from` draw any method's
-    masks, at any parameters, without another forward."""
+    masks, at any parameters, without another forward. `progress(fraction, message)` after each
+    layer."""
     gate = torch.empty(lm.n_layers, len(ids), lm.d_ff)
     x = torch.empty(lm.n_layers, len(ids), lm.d_model)
 
     def grab(i, z, g, xi):
         gate[i], x[i] = g, xi
+        if progress:
+            progress((i + 1) / lm.n_layers, f"layer {i + 1}/{lm.n_layers}")
 
     with fused_attention(lm), method_intervention(lm, grab):
         lm.body(torch.tensor([ids]), use_cache=False)

@@ -313,7 +313,12 @@ def layer_view(rec) -> None:
 
 
 def all_layers(rec) -> None:
-    with st.expander("All layers", expanded=rec.n_tokens <= 256):
+    # drawn only while open (a tracked expander reruns the page when toggled): for a long run its
+    # background job and progress bar would otherwise compete with every click on the page
+    box = st.expander("All layers", expanded=rec.n_tokens <= 256, key="all_layers", on_change="rerun")
+    with box:
+        if not box.open:
+            return
         if rec.n_tokens > 256:   # every layer's inertia: seconds for a long run, so in the background
             job = ui_jobs.overview(rec)
             if not ui_jobs.wait([job], "overview"):

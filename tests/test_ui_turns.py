@@ -1,0 +1,89 @@
+"""Background work waits for page runs (app/ui_turns.py): while a body runs, for a quiet time
+after, never past its bounds, and never on the page's own thread."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import ui_turns
+
+
+@pytest.fixture
+def turns(monkeypatch):
+    monkeypatch.setattr(ui_turns, "QUIET_S", 0.3)
+    monkeypatch.setattr(ui_turns, "BUSY_MAX_S", 1.0)
+    monkeypatch.setattr(ui_turns, "WAIT_MAX_S", 2.0)
+    monkeypatch.setattr(ui_turns, "_last_end", float("-inf"))
+    return ui_turns
+
+
+def in_thread(fn):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", fn()))
+    t.start()
+    return t, out
+
+
+def test_no_page_run_no_wait(turns):
+    assert turns.background_turn() < 0.05
+
+
+def test_waits_for_the_body_and_the_quiet_time_after(turns):
+    started, release = threading.Event(), threading.Event()
+
+    def body():
+        with turns.page_run():
+            started.set()
+            release.wait()
+
+    page, _ = in_thread(body)
+    started.wait()
+    t0 = time.monotonic()
+    worker, waited = in_thread(turns.background_turn)
+    time.sleep(0.4)
+    assert worker.is_alive()                     # the body still runs: the worker waits
+    release.set()
+    page.join()
+    ended = time.monotonic()
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+    assert time.monotonic() - ended >= 0.3 - 0.05     # and the quiet time after it
+    assert 0.65 <= waited["v"] <= time.monotonic() - t0 + 0.05
+
+
+def test_a_long_body_lets_the_background_go_on(turns):
+    started, release = threading.Event(), threading.Event()
+
+    def body():
+        with turns.page_run():
+            started.set()
+            release.wait()
+
+    page, _ = in_thread(body)
+    started.wait()
+    waited = turns.background_turn()             # held until the body has run BUSY_MAX_S
+    assert 0.8 <= waited <= 1.3
+    assert turns.background_turn() < 0.05        # then not held at all
+    release.set()
+    page.join()
+
+
+def test_bounded_wait_then_free_running_and_no_wait_on_the_page_thread(turns, monkeypatch):
+    monkeypatch.setattr(turns, "BUSY_MAX_S", 10.0)
+    monkeypatch.setattr(turns, "WAIT_MAX_S", 0.5)
+    monkeypatch.setattr(turns, "FREE_S", 0.6)
+    with turns.page_run():
+        assert turns.background_turn() < 0.05    # the page's own thread never waits for itself
+
+        def worker():
+            first = turns.background_turn()       # starved: waits WAIT_MAX_S
+            second = turns.background_turn()      # then runs free
+            time.sleep(0.7)
+            return first, second, turns.background_turn()   # FREE_S over: waits again
+
+        t, out = in_thread(worker)
+        t.join(timeout=5)
+    first, second, third = out["v"]
+    assert 0.45 <= first <= 1.0 and second < 0.05 and 0.45 <= third <= 1.0
