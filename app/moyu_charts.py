@@ -98,7 +98,8 @@ def mask_grid(panels: list[tuple[str, str, np.ndarray]], token_labels: list[str]
               labels: tuple[str, ...], title: str, per_row: int = 4) -> go.Figure:
     """Methods side by side: one categorical map per (method name, panel title, categories 0..3,
     see analysis.MASK_LABELS) of the same tokens and neurons, axes linked (zoom or pan one, all
-    follow)."""
+    follow). The hover gives the category's number, named on the colour bar: a name per cell
+    made eight panels 2 MB on the wire, against 130 kB."""
     n = len(panels)
     cols = min(per_row, max(1, n))
     rows = -(-n // cols)
@@ -106,14 +107,14 @@ def mask_grid(panels: list[tuple[str, str, np.ndarray]], token_labels: list[str]
                         vertical_spacing=0.08 if rows > 1 else 0.0,
                         subplot_titles=[sub for _, sub, _ in panels])
     x = [f"n{int(i)}" for i in neuron_ids]
-    names = np.array(labels, dtype=object)
+    ticks = [f"{i}: {label}" for i, label in enumerate(labels)]
     for k, (name, _, cats) in enumerate(panels):
         assert cats.size <= MAX_CELLS
         fig.add_trace(go.Heatmap(
-            z=cats, x=x, y=token_labels, zmin=-0.5, zmax=3.5, colorscale=_mask_scale(),
-            customdata=names[cats], showscale=k == 0, name=name,
-            hovertemplate=f"{name}<br>token %{{y}}<br>neuron %{{x}}<br>%{{customdata}}<extra></extra>",
-            colorbar=dict(thickness=12, tickvals=[0, 1, 2, 3], ticktext=list(labels), len=0.9)),
+            z=cats.astype(np.int8), x=x, y=token_labels, zmin=-0.5, zmax=3.5, colorscale=_mask_scale(),
+            showscale=k == 0, name=name,
+            hovertemplate=f"{name}<br>token %{{y}}<br>neuron %{{x}}<br>class %{{z}} (colour bar)<extra></extra>",
+            colorbar=dict(thickness=12, tickvals=[0, 1, 2, 3], ticktext=ticks, len=0.9)),
             row=k // cols + 1, col=k % cols + 1)
     fig.update_xaxes(type="category", showticklabels=False, matches="x")
     fig.update_yaxes(autorange="reversed", type="category", tickfont=dict(size=9), matches="y")
@@ -121,12 +122,6 @@ def mask_grid(panels: list[tuple[str, str, np.ndarray]], token_labels: list[str]
     for r in range(rows):
         fig.update_yaxes(showticklabels=True, row=r + 1, col=1)
     return _layout(fig, rows * max(240, 14 * len(token_labels) + 60) + 40, title=title)
-
-
-def mask_heatmap(categories: np.ndarray, token_labels: list[str], neuron_ids: np.ndarray,
-                 labels: tuple[str, ...], title: str) -> go.Figure:
-    """Categorical map of one method's mask against the oracle (0..3, see analysis.MASK_LABELS)."""
-    return mask_grid([("", "", categories)], token_labels, neuron_ids, labels, title, per_row=1)
 
 
 def matrix_heatmap(values: np.ndarray, x: list, y: list, title: str, x_title: str, y_title: str,

@@ -188,10 +188,10 @@ def test_heavy_hitters_page(app_db):
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Top heavy hitter"].startswith("#")
-    assert any("<sup" in m.value and "#1" in m.value for m in at.markdown)
+    assert any("<sup" in m.value and "#1" in m.value for m in at.html)
     at.number_input(key="url_k").set_value(3).run()
     assert at.query_params["k"] == "3"
-    assert sum(m.value.count("<sup") for m in at.markdown) == 3
+    assert sum(m.value.count("<sup") for m in at.html) == 3
 
 
 def test_runs_page_lists_opens_and_deletes(app_db, lm):
@@ -351,7 +351,7 @@ def test_byte_pieces_are_shown_as_whole_characters(app_db, lm):
     assert not any("\ufffd" in y for y in labels), labels
     assert any("🦄" in y for y in labels) and any("ש" in y for y in labels)
     at.switch_page("app_pages/heavy_hitters.py").run()
-    html = next(m.value for m in at.markdown if "<span" in m.value)
+    html = next(m.value for m in at.html if "<span" in m.value)
     assert "🦄" in html and "\ufffd" not in html
 
 
@@ -366,7 +366,7 @@ def test_heavy_hitters_skip_token0_no_shade_no_bar_and_hover_text(app_db):
     assert_clean(at)
     bars = next(s for s in chart_specs(at) if s["data"][0]["type"] == "bar")
     assert bars["data"][0]["x"][0].startswith("1 ▸") and len(bars["data"][0]["x"]) == len(heat["data"][0]["x"]) - 1
-    html = next(m.value for m in at.markdown if "<span" in m.value)
+    html = next(m.value for m in at.html if "<span" in m.value)
     first = html.split("<span", 2)[1]
     assert "background" not in first   # token 0 is not shaded
     assert "#1" in html and "#1</sup>" not in first

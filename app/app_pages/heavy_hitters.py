@@ -84,8 +84,7 @@ def main() -> None:
     st.markdown("**Prompt, shaded by accumulated attention** (boxed: top heavy hitters"
                 + ("; token 0 left out" if first else "") + ")")
     titles = [f"token {i}: score {v:.3f}" for i, v in enumerate(score)]
-    st.markdown(ui_text.shaded_tokens(spans, score, titles, top, skip={0} if first else None),
-                unsafe_allow_html=True)
+    st.html(ui_text.shaded_tokens(spans, score, titles, top, skip={0} if first else None))
 
     fig = charts.bars(score[first:], labels[first:],
                       f"Accumulated attention received, layers {lo}–{hi} (log scale)"

@@ -63,7 +63,7 @@ def param_editor(name: str, method) -> dict:
 
 def find_eval(model_name: str, name: str, params: dict) -> dict | None:
     """The stored quality figures of this method and parameters, if any."""
-    for r in reversed(ui_store.store().results(kind="eval", model=model_name)):
+    for r in reversed(ui_store.store().results(kind="eval", model=model_name, method=name)):
         res = r["result"]
         if res.get("method") == name and res.get("params", {}) == params:
             return res
@@ -342,8 +342,7 @@ def prompt_figures(rec, ready: dict[str, dict]) -> None:
                          format_func=lambda n: f"{n}: {what}")
     values = series[shade]
     titles = [f"token {i}: " + ("not scored" if np.isnan(v) else f"{what} {v:.4f}") for i, v in enumerate(values)]
-    st.markdown(ui_text.shaded_tokens(ui_reads.spans(rec.run_id, rec.model), np.where(values > 0, values, 0.0),
-                                      titles), unsafe_allow_html=True)
+    st.html(ui_text.shaded_tokens(ui_reads.spans(rec.run_id, rec.model), np.where(values > 0, values, 0.0), titles))
     st.dataframe(pd.DataFrame([{"method": n, "mean KL": r["mean_kl"], "ppl ratio": r["ppl_ratio"],
                                 "top-1 agree": r["top1"], "tokens scored": r["n_scored"], "where it acts": r["rule"]}
                                for n, r in ready.items()]), hide_index=True, width="stretch",
