@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import streamlit as st
 
-from moyu_core import analysis, calibration, masks, methods
+from moyu_core import analysis, calibration, masks, methods, preparation
 from moyu_core.keep import keep_count
 import ui_state
 import ui_turns
@@ -154,6 +154,7 @@ def prefetch_methods(rec) -> None:
     prefs = st.session_state.get("prefs", {})
     lm = model(rec.model)
     calibrate_all(lm)
+    warm_methods(lm)
     if rec.mode != "sequential" or rec.method != "dense":
         return
     method_inputs(rec.model, rec.run_id, lm)
@@ -171,6 +172,16 @@ def prefetch_methods(rec) -> None:
                 _ORACLES.put((path, run_id, li, share), _packed(analysis.top_mask(layer(run_id, li), share)))
 
     _NUMBER_POOL.submit(oracles)
+
+
+def warm_methods(lm) -> None:
+    """Once per model, in the background: the data methods derive from the weights (moe's experts,
+    cett's and static's weight norms), which a method's first view would otherwise wait for."""
+    key = ("derived", lm.name, str(lm.fingerprint))
+    if key in _PREFETCHED:
+        return
+    _PREFETCHED.put(key, True, size=0)
+    _MODEL_POOL.submit(preparation.warm, lm, [build(name, {}) for name in methods.REGISTRY], ui_turns.background_turn)
 
 
 # ---- a method's masks -----------------------------------------------------------------------------------

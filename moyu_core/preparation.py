@@ -52,6 +52,16 @@ def _router(lm):
     return found
 
 
+def warm(lm, methods: list[Method], between=None) -> None:
+    """Derive (or load from disk) the data each method derives from the weights, so that its first
+    use does not wait for it; `between()` is called before each method (a background checkpoint)."""
+    for method in methods:
+        if between is not None:
+            between()
+        if "derived" in method.requires():
+            _derived_for(lm, method)
+
+
 def prepare(lm, method: Method) -> Method:
     """Bind every resource the method requires at its parameters; returns the method."""
     need = method.requires()

@@ -510,12 +510,11 @@ class Store:
             row = con.execute("SELECT result FROM results WHERE key = ?", [k]).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def results(self, kind: str | None = None, model: str | None = None, method: str | None = None) -> list[dict]:
+    def results(self, kind: str | None = None, model: str | None = None) -> list[dict]:
         with self._connect() as con:
             rows = con.execute("SELECT kind, model, method, params, result, created_at FROM results "
-                               "WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR model = ?) "
-                               "AND (? IS NULL OR method = ?) ORDER BY created_at",
-                               [kind, kind, model, model, method, method]).fetchall()
+                               "WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR model = ?) ORDER BY created_at",
+                               [kind, kind, model, model]).fetchall()
         return [{"kind": r[0], "model": r[1], "method": r[2], "params": json.loads(r[3]),
                  "result": json.loads(r[4]), "created_at": r[5]} for r in rows]
 

@@ -213,13 +213,16 @@ def test_methods_page_dejavu_without_router_offers_training(app_db, tmp_path, mo
 
 
 def test_a_page_showing_a_run_prepares_the_methods_page(app_db, lm):  # noqa: F811
-    """Explore, once drawn, starts in the background the forward the gate/input methods read and
-    the oracle at the session's keep for every layer; both equal what is computed directly."""
+    """Explore, once drawn, starts in the background the forward the gate/input methods read, the
+    oracle at the session's keep for every layer and the data methods derive from the weights;
+    the first two equal what is computed directly."""
     import ui_jobs
     import ui_store
-    from moyu_core import masks
+    from moyu_core import masks, methods, preparation
 
     store, rid = app_db
+    preparation._derived.clear()   # other tests may have derived them already
+    ui_jobs._PREFETCHED.pop(("derived", lm.name, str(lm.fingerprint)))
     at = open_app(run=rid)  # Explore
     assert_clean(at)
     gate, x = ui_jobs.INPUTS.peek((ui_store.db_path(), lm.name, rid)).result(timeout=120)
@@ -228,6 +231,11 @@ def test_a_page_showing_a_run_prepares_the_methods_page(app_db, lm):  # noqa: F8
     np.testing.assert_allclose(gate, want_gate, atol=1e-5)
     np.testing.assert_allclose(x, want_x, atol=1e-5)
     ui_jobs._NUMBER_POOL.submit(lambda: None).result(timeout=120)  # one worker: the oracle is done
+    ui_jobs._MODEL_POOL.submit(lambda: None).result(timeout=120)   # and the derived data
+    derived = [m for m in map(methods.make, methods.REGISTRY) if "derived" in m.requires()]
+    assert {m.name for m in derived} >= {"moe", "static", "cett"}
+    for m in derived:
+        assert (lm.fingerprint, m.name, m.derive_key()) in preparation._derived, m.name
     for li in range(lm.n_layers):
         assert (ui_store.db_path(), rid, li, 0.5) in ui_jobs._ORACLES
     for li in (0, lm.n_layers - 1):

@@ -61,9 +61,15 @@ def param_editor(name: str, method) -> dict:
     return edits
 
 
+_EVALS: dict[str, list[dict]] = {}   # stored evaluations by model, read once per run of this page
+
+
 def find_eval(model_name: str, name: str, params: dict) -> dict | None:
-    """The stored quality figures of this method and parameters, if any."""
-    for r in reversed(ui_store.store().results(kind="eval", model=model_name, method=name)):
+    """The stored quality figures of this method and parameters, if any (every card, quality block
+    and prompt table asks: one read of the store per run of the page, which runs afresh each time)."""
+    if model_name not in _EVALS:
+        _EVALS[model_name] = ui_store.store().results(kind="eval", model=model_name)
+    for r in reversed(_EVALS[model_name]):
         res = r["result"]
         if res.get("method") == name and res.get("params", {}) == params:
             return res
