@@ -39,8 +39,10 @@ def _store(path: str):
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _model(name: str):
     """The model, loaded once; then everything allocated so far (torch, transformers, the
-    weights' Python objects) leaves the garbage collector's view (`gc.freeze`): a full collection
-    over it took about 250 ms with the GIL held, stalling clicks."""
+    weights' Python objects) leaves the garbage collector's view (`gc.freeze`). Streamlit runs a
+    full collection after every script run (`runner.postScriptGC`), each click and each
+    progress-bar poll: over all of that it held the GIL about 240 ms, and after the freeze next to
+    nothing (`python benchmarks/probes.py gc`)."""
     models.setup_compute()
     server_memory()
     lm = models.load(name)

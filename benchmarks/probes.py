@@ -11,6 +11,8 @@ teal's decode spend their time.
                                                        tokens), with the attention half in torch ops and fused
     .venv/bin/python benchmarks/probes.py linear-t     input-channel products (linear_t) against the dense gemv,
                                                        30 layers of each attention/MLP shape, half and all kept
+    .venv/bin/python benchmarks/probes.py gc           a full garbage collection in a process holding the app's
+                                                       modules and the model, before and after gc.freeze
 """
 from __future__ import annotations
 
@@ -168,15 +170,36 @@ def linear_t(lm) -> None:
         print(f"{out}x{d}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row.items()))
 
 
+def gc_pass(lm) -> None:
+    """What Streamlit's collection after every script run costs the app (ui_store freezes the model)."""
+    import gc
+
+    import pandas  # noqa: F401 - the app's modules, as the server holds them
+    import plotly.graph_objects  # noqa: F401
+    import streamlit  # noqa: F401
+
+    def full():
+        t = time.perf_counter()
+        gc.collect(2)
+        return (time.perf_counter() - t) * 1000
+
+    before = statistics.median(full() for _ in range(5))
+    gc.freeze()
+    after = statistics.median(full() for _ in range(5))
+    print(f"gc.collect(2), median of 5: {before:.1f} ms; after gc.freeze: {after:.1f} ms "
+          f"({gc.get_freeze_count()} objects frozen)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=["topk", "atlas-pass", "selects", "teal-decode", "decode-parts", "linear-t"])
+    ap.add_argument("probe", choices=["topk", "atlas-pass", "selects", "teal-decode", "decode-parts", "linear-t",
+                                          "gc"])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     models.setup_compute(args.threads)
     lm = models.load()
     probes = {"topk": topk, "atlas-pass": atlas_pass, "selects": selects, "teal-decode": teal_decode,
-              "decode-parts": decode_parts, "linear-t": linear_t}
+              "decode-parts": decode_parts, "linear-t": linear_t, "gc": gc_pass}
     probes[args.probe](lm)
 
 

@@ -22,7 +22,6 @@ def test_config_file_values():
     assert cfg["server"]["maxUploadSize"] == MAX_BUNDLE_MB <= 200
     assert cfg["client"]["showErrorDetails"] == "none"
     assert cfg["browser"]["gatherUsageStats"] is False
-    assert cfg["runner"]["postScriptGC"] is False
 
 
 def test_streamlit_accepts_and_applies_the_config():
@@ -32,16 +31,15 @@ def test_streamlit_accepts_and_applies_the_config():
             "c.get_config_options(force_reparse=True)\n"
             "from streamlit.config import ShowErrorDetailsConfigOptions as E\n"
             "keys = ['server.address', 'server.headless', 'server.enableXsrfProtection', 'server.enableCORS',"
-            " 'server.maxUploadSize', 'client.showErrorDetails', 'browser.gatherUsageStats',"
-            " 'runner.postScriptGC']\n"
+            " 'server.maxUploadSize', 'client.showErrorDetails', 'browser.gatherUsageStats']\n"
             "print(repr([c.get_option(k) for k in keys]), E.NONE == c.get_option('client.showErrorDetails'))\n"
             "print(repr([c.get_where_defined(k) for k in keys]))\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout.splitlines()
     values, defined = out[0], out[1]
-    assert values == "['127.0.0.1', True, True, True, 100, 'none', False, False] True", values
-    assert defined.count(str(CONFIG)) == 8, defined
+    assert values == "['127.0.0.1', True, True, True, 100, 'none', False] True", values
+    assert defined.count(str(CONFIG)) == 7, defined
 
 
 def test_team_serving_is_an_explicit_flag():
