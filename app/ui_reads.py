@@ -20,6 +20,7 @@ _PIECES = Lru(max_items=64)       # display labels (byte pieces merged)
 _STATS = Lru(max_items=16)        # attention received (L, H, T) and residual norms (L, T): 1 MB each
 _OVERVIEW = Lru(max_items=32)     # per-layer frequency (L, d_ff) and inertia rows: 0.4 MB each
 _ORDERS = Lru(max_items=128)      # neuron permutations (d_ff,)
+_LAYER_FIGURES = Lru(max_items=512)   # per layer: inertia figures, colour-scale ends (a few floats)
 # kept here, not in the page scripts: a page script runs afresh on every rerun, and so would its caches
 POOLED = Lru(max_items=24)        # Explore: (db, run, layer, norm, order, first) -> pooled overview and its sources
 NEURONS = Lru(max_items=256)      # Neurons: (folder, manifest updated, layer, neuron) -> dashboard data
@@ -77,6 +78,22 @@ def neuron_order(run_id: str, layer_index: int, order: str = "frequency"):
                               lambda: analysis.neuron_order(layer(run_id, layer_index), order))
 
 
+def inertia(run_id: str, layer_index: int, skip_first: bool):
+    """`analysis.inertia` of the layer (token 0 left out with `skip_first`), cached."""
+    path = db_path()
+    return _LAYER_FIGURES.get_or_put((path, run_id, int(layer_index), "inertia", bool(skip_first)),
+                                     lambda: analysis.inertia(layer(run_id, layer_index), skip_first=skip_first))
+
+
+def colour_limit(run_id: str, layer_index: int, norm: str, first: int, clip: float) -> float:
+    """`analysis.colour_limit` of the layer's values under `norm`, from token `first` on, cached
+    (the neuron order does not change it)."""
+    path = db_path()
+    return _LAYER_FIGURES.get_or_put(
+        (path, run_id, int(layer_index), "limit", norm, int(first), float(clip)),
+        lambda: analysis.colour_limit(analysis.normalise(layer(run_id, layer_index)[first:], norm), clip))
+
+
 def overview(run_id: str, n_layers: int, progress=None) -> dict:
     """`analysis.layer_overview` of the run; `progress(fraction, message)` before each layer."""
     path = db_path()
@@ -91,7 +108,7 @@ def overview(run_id: str, n_layers: int, progress=None) -> dict:
 
 def clear_run_caches() -> None:
     """Forget cached reads (after a delete or an import); the store is the truth."""
-    for c in (_Z, _TOKENS, _PIECES, _STATS, _OVERVIEW, _ORDERS):
+    for c in (_Z, _TOKENS, _PIECES, _STATS, _OVERVIEW, _ORDERS, _LAYER_FIGURES):
         c.clear()
 
 

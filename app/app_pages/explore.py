@@ -219,15 +219,14 @@ def _layer_view(rec) -> None:
     z = ui_reads.layer(rec.run_id, li)  # (T, d_ff)
     labels = ui_text.token_labels(ui_reads.pieces(rec.run_id, rec.model))
     perm = ui_reads.neuron_order(rec.run_id, li, order)
-    vals = analysis.normalise(z, norm)[:, perm]  # (T, d_ff) in display order
     signed = norm == "raw"
-    limit = analysis.colour_limit(vals[first:], clip)
+    limit = ui_reads.colour_limit(rec.run_id, li, norm, first, clip)
     where = np.empty(D, np.int64)
     where[perm] = np.arange(D)   # display position of each neuron id
 
     left, right = st.columns([4, 1])
     with right:
-        inert = analysis.inertia(z, skip_first=first == 1)
+        inert = ui_reads.inertia(rec.run_id, li, first == 1)
         st.markdown(f"**Inertia, layer {li}**" + (" (token 0 left out)" if first else ""))
         st.metric("Adjacent top-10% overlap", ui_text.pct(inert.adjacent_overlap),
                   delta=None if inert.n_tokens < 2 else f"{inert.adjacent_overlap - inert.random_overlap:+.1%} vs random",
@@ -243,7 +242,8 @@ def _layer_view(rec) -> None:
         if shown_T > WINDOW_TOKENS or D > 512:
             key = (ui_store.db_path(), rec.run_id, li, norm, order, first)
             pooled, re_, ce, rows, cols = ui_reads.POOLED.get_or_put(
-                key, lambda: analysis.pool2d_strongest(vals[first:], OVERVIEW_ROWS, OVERVIEW_COLS))
+                key, lambda: analysis.pool2d_strongest(analysis.normalise(z[first:], norm)[:, perm],
+                                                       OVERVIEW_ROWS, OVERVIEW_COLS))
             strongest = np.stack([rows + first, perm[cols]], axis=-1)   # (R, C, 2): token, neuron id
             strongest = strongest.astype(np.int16 if max(T, D) < 2**15 else np.int32)
             texts = [t if k == 1 else "" for t, k, _ in per_token(ui_reads.spans(rec.run_id, rec.model))]
@@ -273,7 +273,7 @@ def _layer_view(rec) -> None:
             w2.slider("Neuron window start (display order)", 0, D - width, step=16, key=k_n0)
             n0 = ui_state.sync_url("nstart")
         rows_ = slice(t0, min(T, t0 + WINDOW_TOKENS))
-        window = vals[rows_, n0:n0 + width]
+        window = analysis.normalise(z[rows_], norm)[:, perm[n0:n0 + width]]   # normalised per token
         sel_row = token - t0 if token is not None and t0 <= token < rows_.stop else None
         sel_col = int(where[neuron]) - n0 if neuron is not None and n0 <= where[neuron] < n0 + width else None
         with st.container(key="detail_box"):
