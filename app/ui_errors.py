@@ -30,8 +30,8 @@ def _log_time(what: str, t0: float) -> None:
 def guard(body: Callable[[], None], what: str = "") -> None:
     """Run a page body; MoyuError becomes its one-line message, anything else a generic one (the
     traceback goes to the server log, never to the browser). st.rerun / st.stop / st.switch_page
-    pass through. Background work waits while it runs (`ui_turns`). With MOYU_TIMING_LOG set, the body's server time is appended there as `what`
-    (benchmarks/app_latency.py reads it)."""
+    pass through. Background work waits while it runs (`ui_turns`). With MOYU_TIMING_LOG set, the
+    body's server time is appended there as `what` (benchmarks/app_latency.py reads it)."""
     t0 = time.perf_counter()
     try:
         with ui_turns.page_run():   # background jobs wait while it runs and the browser draws

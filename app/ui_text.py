@@ -40,8 +40,8 @@ def shaded_tokens(spans, score, titles: list[str], top: list[int] | None = None,
     """The text as HTML from its display spans (`tokens_display.Span`: a cut character's pieces
     drawn once), each shaded by its tokens' highest score (NaN, or a position in `skip`: not
     shaded), titled (hover) by `titles[start]`, the `top` positions boxed and ranked. Every
-    piece is escaped: a prompt's own HTML stays text. Pages show it with `st.html` (sanitised, no
-    markdown pass: for 1024 tokens the markdown renderer took about 150 ms of the browser's time)."""
+    piece is escaped: a prompt's own HTML stays text. Pages show it with `st.html` (sanitised, and
+    no markdown pass, which for a 1024-token run was a large share of the page's drawing time)."""
     import html
 
     import numpy as np

@@ -1,5 +1,5 @@
 """Probes behind the closing notes' explanations (not goals): where the atlas' method counts and
-teal's decode spend their time.
+teal's decode spend their time, and what a garbage collection costs the app server.
 
     .venv/bin/python benchmarks/probes.py topk         a 512x1536 top-k mask: row_stats.cpp's radix select
                                                        against torch.topk (topk_mask's fallback)
@@ -192,8 +192,8 @@ def gc_pass(lm) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=["topk", "atlas-pass", "selects", "teal-decode", "decode-parts", "linear-t",
-                                          "gc"])
+    ap.add_argument("probe", choices=["topk", "atlas-pass", "selects", "teal-decode", "decode-parts",
+                                      "linear-t", "gc"])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     models.setup_compute(args.threads)
