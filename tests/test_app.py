@@ -355,6 +355,21 @@ def test_byte_pieces_are_shown_as_whole_characters(app_db, lm):
     assert "🦄" in html and "\ufffd" not in html
 
 
+def test_heavy_hitters_details_drawn_only_when_open(app_db):
+    """The per-head and residual-norm heatmaps wait in a closed box; a link with head_layer opens it."""
+    _, rid = app_db
+    titles = lambda at: [s["layout"]["title"]["text"] for s in chart_specs(at)]  # noqa: E731
+    at = open_app("heavy_hitters", run=rid)
+    assert_clean(at)
+    assert not any("per head" in t or "Residual norm" in t for t in titles(at)), titles(at)
+    assert any(t.startswith("Attention received per layer") for t in titles(at))
+    at = open_app("heavy_hitters", run=rid, head_layer=3)
+    assert_clean(at)
+    assert any(t.startswith("Layer 3: attention received per head") for t in titles(at)), titles(at)
+    assert any(t.startswith("Residual norm") for t in titles(at))
+    assert at.query_params["head_layer"] == "3"
+
+
 def test_heavy_hitters_skip_token0_no_shade_no_bar_and_hover_text(app_db):
     _, rid = app_db
     at = open_app("heavy_hitters", run=rid)

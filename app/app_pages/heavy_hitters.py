@@ -99,27 +99,39 @@ def main() -> None:
     left.plotly_chart(charts.matrix_heatmap(
         np.log1p(vals), xs, list(range(L)), "Attention received per layer (log(1+x), all heads)",
         "token", "layer", hover_value="log(1+score) %{z:.3f}"), width="stretch")
-    k_hl = ui_state.url_state("head_layer", min(L - 1, 2), int, lambda v: 0 <= v < L, allowed=f"0–{L - 1}")
-    with right:
-        st.slider("Layer for the per-head view", 0, L - 1, key=k_hl)
-        hl = ui_state.sync_url("head_layer")
-        hv, hx = _fit_columns(attn[hl], labels, texts, first)
-        st.plotly_chart(charts.matrix_heatmap(
-            np.log1p(hv), hx, list(range(H)), f"Layer {hl}: attention received per head (log(1+x))",
-            "token", "head", height=260, hover_value="log(1+score) %{z:.3f}"), width="stretch")
-
-    left, right = st.columns(2)
-    nv, nx = _fit_columns(norm, labels, texts, first)
-    left.plotly_chart(charts.matrix_heatmap(
-        np.log10(np.maximum(nv, 1e-6)), nx, list(range(L)),
-        "Residual norm, log10 (massive activations)", "token", "layer",
-        colors="Cividis", hover_value="log10 norm %{z:.2f}"), width="stretch")
     right.plotly_chart(charts.lines(
         {"share to token 0": sink}, np.arange(L), "Attention sink: share of attention on token 0",
         "layer", "share"), width="stretch")
     if massive:
         st.caption("Massive activations at tokens: " + ", ".join(f"{i} ({whole[i]!r})" for i in massive[:20]))
+    details(attn, norm, labels, texts, first)
     ui_jobs.prefetch_methods(rec)
+
+
+def details(attn: np.ndarray, norm: np.ndarray, labels: list[str], texts: list[str], first: int) -> None:
+    """Attention per head and the residual norms, drawn only while their box is open (a tracked
+    expander reruns the page when toggled): two more token-wide heatmaps on every visit made the
+    page slower to draw than a click should be."""
+    L, H, _ = attn.shape
+    box = st.expander("Per head, and residual norms (massive activations)", key="hh_details",
+                      expanded="head_layer" in st.query_params, on_change="rerun")
+    with box:
+        if not box.open:
+            return
+        left, right = st.columns(2)
+        k_hl = ui_state.url_state("head_layer", min(L - 1, 2), int, lambda v: 0 <= v < L, allowed=f"0–{L - 1}")
+        with left:
+            st.slider("Layer for the per-head view", 0, L - 1, key=k_hl)
+            hl = ui_state.sync_url("head_layer")
+            hv, hx = _fit_columns(attn[hl], labels, texts, first)
+            st.plotly_chart(charts.matrix_heatmap(
+                np.log1p(hv), hx, list(range(H)), f"Layer {hl}: attention received per head (log(1+x))",
+                "token", "head", height=260, hover_value="log(1+score) %{z:.3f}"), width="stretch")
+        nv, nx = _fit_columns(norm, labels, texts, first)
+        right.plotly_chart(charts.matrix_heatmap(
+            np.log10(np.maximum(nv, 1e-6)), nx, list(range(L)),
+            "Residual norm, log10 (massive activations)", "token", "layer",
+            colors="Cividis", hover_value="log10 norm %{z:.2f}"), width="stretch")
 
 
 ui_errors.guard(main, what="heavy_hitters")
