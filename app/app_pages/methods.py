@@ -426,7 +426,10 @@ def main() -> None:
     for p in chosen_picks:
         if p.blocked:
             continue
-        with st.expander(f"{p.name} · {ui_jobs.describe(p.method)}", expanded=len(chosen_picks) == 1):
+        # keyed and tracked: it stays open across reruns, also when a progress bar above it comes
+        # or goes (an untracked one could be drawn afresh, closed, under the user's click)
+        with st.expander(f"{p.name} · {ui_jobs.describe(p.method)}", expanded=len(chosen_picks) == 1,
+                         key=f"details_{p.name}", on_change="rerun"):
             ui_errors.guard(lambda p=p: details(lm, rec, p, stats.get(p.name)))
 
 
