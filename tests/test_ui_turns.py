@@ -26,11 +26,8 @@ def in_thread(fn):
     return t, out
 
 
-def test_no_page_run_no_wait(turns):
-    assert turns.background_turn() < 0.05
-
-
-def test_waits_for_the_body_and_the_quiet_time_after(turns):
+def running_body(turns):
+    """A page body running on its own thread until the returned event is set: (thread, event)."""
     started, release = threading.Event(), threading.Event()
 
     def body():
@@ -40,6 +37,15 @@ def test_waits_for_the_body_and_the_quiet_time_after(turns):
 
     page, _ = in_thread(body)
     started.wait()
+    return page, release
+
+
+def test_no_page_run_no_wait(turns):
+    assert turns.background_turn() < 0.05
+
+
+def test_waits_for_the_body_and_the_quiet_time_after(turns):
+    page, release = running_body(turns)
     t0 = time.monotonic()
     worker, waited = in_thread(turns.background_turn)
     time.sleep(0.4)
@@ -54,15 +60,7 @@ def test_waits_for_the_body_and_the_quiet_time_after(turns):
 
 
 def test_a_long_body_lets_the_background_go_on(turns):
-    started, release = threading.Event(), threading.Event()
-
-    def body():
-        with turns.page_run():
-            started.set()
-            release.wait()
-
-    page, _ = in_thread(body)
-    started.wait()
+    page, release = running_body(turns)
     waited = turns.background_turn()             # held until the body has run BUSY_MAX_S
     assert 0.8 <= waited <= 1.3
     assert turns.background_turn() < 0.05        # then not held at all
