@@ -2,7 +2,9 @@
 teal's decode spend their time, and what a garbage collection costs the app server.
 
     .venv/bin/python benchmarks/probes.py topk         a 512x1536 top-k mask: row_stats.cpp's radix select
-                                                       against torch.topk (topk_mask's fallback)
+                                                       against torch.topk (topk_mask's fallback); the oracle
+                                                       mask of a 1024-token layer (analysis.top_mask)
+                                                       against numpy's argpartition
     .venv/bin/python benchmarks/probes.py atlas-pass   the atlas' statistics on a 512-token piece (ms per layer)
     .venv/bin/python benchmarks/probes.py selects      each method's `select` on one 512-token piece (ms per layer)
     .venv/bin/python benchmarks/probes.py teal-decode  teal_mlp against mlp_dense per layer call inside a real
@@ -22,9 +24,10 @@ import pstats
 import statistics
 import time
 
+import numpy as np
 import torch
 
-from moyu_core import corpora, hooks, kernels, models
+from moyu_core import analysis, corpora, hooks, kernels, models
 from moyu_core.atlas import collect
 from moyu_core.decode import generate
 from moyu_core.keep import keep_count
@@ -52,6 +55,15 @@ def topk(lm) -> None:
         fallback = _median_ms(lambda: torch.zeros_like(z, dtype=torch.bool).scatter_(
             -1, z.abs().topk(k, dim=-1, sorted=False).indices, True))
         print(f"keep {keep}: radix select {radix:.2f} ms, torch.topk {fallback:.2f} ms")
+    z = np.random.default_rng(0).standard_normal((1024, lm.d_ff)).astype(np.float32)   # a 1024-token layer
+    k = keep_count(lm.d_ff, 0.5)
+
+    def argpartition():   # what analysis.top_mask did before it used the radix select
+        mask = np.zeros(z.shape, bool)
+        np.put_along_axis(mask, np.argpartition(-np.abs(z), k - 1, axis=1)[:, :k], True, axis=1)
+        return mask
+    print(f"analysis.top_mask, 1024 tokens, keep 0.5: {_median_ms(lambda: analysis.top_mask(z, 0.5)):.2f} ms; "
+          f"numpy argpartition {_median_ms(argpartition):.2f} ms")
 
 
 def atlas_pass(lm) -> None:
