@@ -427,10 +427,13 @@ def main() -> None:
         if p.blocked:
             continue
         # keyed and tracked: it stays open across reruns, also when a progress bar above it comes
-        # or goes (an untracked one could be drawn afresh, closed, under the user's click)
-        with st.expander(f"{p.name} · {ui_jobs.describe(p.method)}", expanded=len(chosen_picks) == 1,
-                         key=f"details_{p.name}", on_change="rerun"):
-            ui_errors.guard(lambda p=p: details(lm, rec, p, stats.get(p.name)))
+        # or goes (an untracked one could be drawn afresh, closed, under the user's click); drawn
+        # only while open, as the browser lays out a closed box's contents too, on every rerun
+        box = st.expander(f"{p.name} · {ui_jobs.describe(p.method)}", expanded=len(chosen_picks) == 1,
+                          key=f"details_{p.name}", on_change="rerun")
+        with box:
+            if box.open:
+                ui_errors.guard(lambda p=p: details(lm, rec, p, stats.get(p.name)))
 
 
 ui_errors.guard(main, what="methods")
