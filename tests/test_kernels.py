@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from moyu_core import kernels
 from moyu_core.keep import keep_count
+from moyu_core.methods.base import topk_mask
 
 ACTS = {0: F.silu, 1: lambda g: F.gelu(g, approximate="tanh"), 2: F.gelu, 3: torch.relu}
 
@@ -90,6 +91,25 @@ def test_mlp_kernels_equal_masked_dense(n, d, kind, threads):
     zt = ACTS[kind](gate @ (x * (x.abs() >= tx))) * (up @ (x * (x.abs() >= tu)))
     tz = _between(zt, 0.3)
     _close(K.teal_mlp(L["gut"], L["dt"], x, kind, tx, tu, tz), down @ (zt * (zt.abs() >= tz)), scale)
+
+
+def test_top_k_ties_keep_the_lowest_indices(threads):
+    """Scores tied at the k-th value: the kernels keep the lowest indices, as the simulated masks
+    do (`methods.base.topk_mask`), for positive and negative scores."""
+    K = kernels.ops()
+    n, d, E = 64, 32, 8
+    gate, up, down, x = _weights(n, d)
+    L = _layouts(gate, up, down)
+    assign = torch.arange(n) % E
+    members = assign.argsort(stable=True).view(E, -1).contiguous()
+    for sign in (1.0, -1.0):
+        cent = (sign * x).repeat(E, 1)        # every expert scores x . x (or its negative) exactly
+        cent[5] = 0.5 * sign * x if sign < 0 else 2 * x     # expert 5 scores highest
+        keep_e = torch.zeros(E, dtype=torch.bool)
+        keep_e[[0, 1, 5]] = True
+        assert torch.equal(topk_mask(cent @ x, 3 / E), keep_e)
+        _close(K.mlp_router_experts(L["rec"], x, 0, cent, members, 3),
+               _masked_mlp(gate, up, down, x, 0, keep_e[assign])[0], 1.0)
 
 
 @pytest.mark.parametrize("out,inp", [(960, 576), (576, 576), (40, 24)])

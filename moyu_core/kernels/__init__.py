@@ -1,5 +1,7 @@
 """Fused batch-1 kernels for executed sparse decoding (`sparse_decode.cpp`), the weight layouts
 they read, and whole-sequence statistics kernels (`row_stats.cpp`: top-k masks, atlas aggregates).
+Both choose top-k sets with the same radix select (`radix_select.h`), so executed decodes keep
+what the simulated masks keep, ties included.
 
 Each C++ source is compiled on first use with `torch.utils.cpp_extension.load` (g++ and ninja,
 ninja from requirements.txt) into `cache/kernels/` and reused by every later process; a changed

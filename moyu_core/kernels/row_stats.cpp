@@ -2,11 +2,8 @@
 // DA method's top-k, `methods.base.topk_mask`), column counts of a mask, and the neuron atlas'
 // per-column aggregates of one layer (moyu_core/atlas/collect.py).
 //
-// topk_mask_rows finds each row's k-th largest value by a radix step, not a sort: one pass
-// counts the values into 2048 buckets by the top 11 bits of an order-preserving key of the float
-// (sign, exponent, 2 mantissa bits), and only the bucket that holds the k-th value goes through
-// std::nth_element. Values compare by that key, so -0.0 ranks below +0.0 (torch.topk may take
-// either); everything else ranks as the floats do. Rows run in parallel (at::parallel_for).
+// topk_mask_rows finds each row's k-th largest value by a radix step, not a sort
+// (`radix_select.h`, shared with the decode kernels); rows run in parallel (at::parallel_for).
 //
 // atlas_accumulate makes one pass over a layer's z, row by row: columns split among tasks, so each
 // task owns its columns' accumulators (no partial sums to merge, results independent of threads).
@@ -23,43 +20,25 @@
 #include <cstring>
 #include <vector>
 
+#include "radix_select.h"
+
 namespace {
 
-constexpr int BUCKET_SHIFT = 21;               // 32 - 11 bits
+constexpr int BUCKET_SHIFT = 21;               // the atlas' histogram table: the top 11 bits of |z|
 constexpr int64_t BUCKETS = int64_t(1) << 11;
 constexpr int64_t TILE = 64;                   // atlas columns are split among tasks in multiples of this
 
-// Unsigned key with the order of the float (NaN aside): negatives flipped, positives offset.
-inline uint32_t order_key(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  return (u >> 31) ? ~u : (u | 0x80000000u);
-}
+using moyu::order_key;
 
 // out[i] = 1 for the k largest of s (n values; |s| when absolute) in key order; ties at the k-th
-// value: the lowest indices. keys (n), cand (n) and count (BUCKETS) are scratch.
+// value: the lowest indices. keys (n), cand (n) and count (moyu::RADIX_BUCKETS) are scratch.
 void row_topk(const float* s, int64_t n, int64_t k, bool absolute, bool* out, uint32_t* keys, uint32_t* cand,
               uint32_t* count) {
   if (absolute)
     for (int64_t i = 0; i < n; ++i) keys[i] = order_key(std::fabs(s[i]));
   else
     for (int64_t i = 0; i < n; ++i) keys[i] = order_key(s[i]);
-  std::fill(count, count + BUCKETS, 0u);
-  for (int64_t i = 0; i < n; ++i) ++count[keys[i] >> BUCKET_SHIFT];
-  int64_t need = k, b = BUCKETS - 1;
-  while (count[b] < need) need -= count[b--];       // the k-th largest lies in bucket b
-  int64_t m = 0;
-  for (int64_t i = 0; i < n; ++i) {                  // bucket b's keys, without a branch
-    cand[m] = keys[i];
-    m += (keys[i] >> BUCKET_SHIFT) == static_cast<uint32_t>(b);
-  }
-  std::nth_element(cand, cand + (m - need), cand + m);
-  const uint32_t kth = cand[m - need];
-  int64_t above = 0;                                 // bucket b's keys above kth: need - above ties taken
-  for (int64_t q = 0; q < m; ++q) above += cand[q] > kth;
-  int64_t equal = 0;
-  for (int64_t q = 0; q < m; ++q) equal += cand[q] == kth;
-  int64_t ties = need - above;
+  auto [kth, ties, equal] = moyu::kth_largest(keys, n, k, cand, count);
   if (ties == equal) {
     for (int64_t i = 0; i < n; ++i) out[i] = keys[i] >= kth;
   } else {
@@ -88,7 +67,7 @@ torch::Tensor topk_mask_rows(torch::Tensor score, int64_t k, bool absolute) {
   const float* s = score.data_ptr<float>();
   bool* o = out.data_ptr<bool>();
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n)), [&](int64_t r0, int64_t r1) {
-    std::vector<uint32_t> keys(n), cand(n), count(BUCKETS);
+    std::vector<uint32_t> keys(n), cand(n), count(moyu::RADIX_BUCKETS);
     for (int64_t r = r0; r < r1; ++r)
       row_topk(s + r * n, n, k, absolute, o + r * n, keys.data(), cand.data(), count.data());
   });

@@ -31,6 +31,8 @@
 #include <sys/mman.h>
 #endif
 
+#include "radix_select.h"
+
 namespace {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -224,7 +226,8 @@ torch::Tensor sum_rows(int64_t K, int64_t d, int64_t span, const Block& block, c
   return out;
 }
 
-// Indices (ascending) of the k largest of s; ties at the k-th value: lowest indices first.
+// Indices (ascending) of the k largest of s; ties at the k-th value: lowest indices first. The
+// radix select of the simulated masks (`radix_select.h`), so both choose the same set.
 std::vector<int64_t> top_k(const float* s, int64_t n, int64_t k) {
   std::vector<int64_t> kept;
   if (k >= n) {
@@ -233,15 +236,12 @@ std::vector<int64_t> top_k(const float* s, int64_t n, int64_t k) {
     return kept;
   }
   if (k <= 0) return kept;
-  std::vector<float> tmp(s, s + n);
-  std::nth_element(tmp.begin(), tmp.begin() + (n - k), tmp.end());
-  const float kth = tmp[n - k];
-  int64_t greater = 0;
-  for (int64_t i = 0; i < n; ++i) greater += s[i] > kth;
-  int64_t ties = k - greater;
+  std::vector<uint32_t> keys(n), cand(n), count(moyu::RADIX_BUCKETS);
+  for (int64_t i = 0; i < n; ++i) keys[i] = moyu::order_key(s[i]);
+  auto [kth, ties, equal] = moyu::kth_largest(keys.data(), n, k, cand.data(), count.data());
   kept.reserve(k);
   for (int64_t i = 0; i < n; ++i)
-    if (s[i] > kth || (s[i] == kth && ties-- > 0)) kept.push_back(i);
+    if (keys[i] > kth || (keys[i] == kth && ties-- > 0)) kept.push_back(i);
   return kept;
 }
 
