@@ -27,9 +27,11 @@ from ui_cache import Lru
 from ui_reads import layer, tokens
 from ui_store import db_path, model
 
-# forwards one at a time (they hold the model's lock anyway); numpy over stored z beside them
-_MODEL_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moyu-model")
-_NUMBER_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moyu-numbers")
+# forwards one at a time (they hold the model's lock anyway); numpy over stored z beside them;
+# both behind page runs and the browser in the CPU's queue (`ui_turns.lower_priority`)
+_MODEL_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moyu-model", initializer=ui_turns.lower_priority)
+_NUMBER_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moyu-numbers",
+                                  initializer=ui_turns.lower_priority)
 
 
 class Job:

@@ -15,10 +15,15 @@ Bounds, so that the background is late but never stuck:
 - no checkpoint waits more than `WAIT_MAX_S`; a thread that waited that long (page runs kept
   coming: clicks in quick succession, other users) then runs for `FREE_S` without waiting, so
   its jobs still move at a third of their speed or more.
+
+Between checkpoints a job runs on (a layer of a forward: up to about a tenth of a second on a
+1024-token run), so the background pools' threads also run at a lower CPU priority (`NICE`,
+`lower_priority`): the operating system gives the cores to the page run and the browser first.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -28,6 +33,7 @@ QUIET_S = 1.0      # after a page run ends: the browser draws what it sent
 BUSY_MAX_S = 1.5   # a page run longer than this is a long action: background work goes on
 WAIT_MAX_S = 2.0   # the most one checkpoint waits
 FREE_S = 1.0       # then the thread runs this long without waiting
+NICE = 10          # added to the background threads' nice value (19 is the lowest priority)
 
 _cond = threading.Condition()
 _running: dict[int, float] = {}   # page run -> its start (time.monotonic)
@@ -78,3 +84,14 @@ def background_turn() -> float:
                 _local.free_until = now + FREE_S
                 return now - t0
             _cond.wait(min(held, t0 + WAIT_MAX_S - now))
+
+
+def lower_priority() -> None:
+    """A background pool's initializer: its thread runs `NICE` steps nicer, and so do the OpenMP
+    threads its torch operations start (Linux threads take their creator's nice value). Where the
+    system refuses, the thread keeps its priority."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + NICE))
+    except (AttributeError, OSError):
+        pass
