@@ -2,8 +2,10 @@
 after, never past its bounds, and never on the page's own thread."""
 from __future__ import annotations
 
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -85,3 +87,30 @@ def test_bounded_wait_then_free_running_and_no_wait_on_the_page_thread(turns, mo
         t.join(timeout=5)
     first, second, third = out["v"]
     assert 0.45 <= first <= 1.0 and second < 0.05 and 0.45 <= third <= 1.0
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority") or not os.path.isdir("/proc/self/task"),
+                    reason="thread priorities are read from Linux's /proc")
+def test_background_pool_threads_and_their_torch_threads_run_nicer():
+    """A pool started with `lower_priority` runs NICE steps nicer, and so do the OpenMP threads its
+    torch operations start; the page's own threads keep their priority."""
+    import torch
+
+    def nice(tid: int) -> int:
+        return int(open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()[16])
+
+    def work():
+        a = torch.randn(512, 512)
+        for _ in range(3):
+            a = a @ a / 512
+        return threading.get_native_id()
+
+    mine = nice(threading.get_native_id())
+    before = set(os.listdir("/proc/self/task"))
+    with ThreadPoolExecutor(max_workers=1, initializer=ui_turns.lower_priority) as pool:
+        worker = pool.submit(work).result()
+        started = [int(t) for t in set(os.listdir("/proc/self/task")) - before]
+        assert worker in started and len(started) >= min(2, torch.get_num_threads())   # and its OpenMP team
+        want = min(19, mine + ui_turns.NICE)
+        assert all(nice(t) == want for t in started), {t: nice(t) for t in started}
+    assert nice(threading.get_native_id()) == mine
