@@ -105,9 +105,11 @@ def inertia(z: np.ndarray, fraction: float = TOP_FRACTION, skip_first: bool = Fa
     adjacent = (m[1:] * m[:-1]).sum(axis=1) / k
     seen = np.logical_or.accumulate(mask, axis=0)[:-1]  # (T-1, d_ff): union of earlier sets
     history = (mask[1:] & seen).sum(axis=1) / k
-    gram = m @ m.T  # (T, T) intersection sizes
-    pairs = gram[np.triu_indices(T, 1)] / k
-    return Inertia(fraction, float(adjacent.mean()), float(history.mean()), float(pairs.mean()),
+    # mean over pairs i < j of |S_i & S_j| / k: the pairs' intersections add up to sum over
+    # neurons of C(c, 2), c the number of tokens whose set holds the neuron (no T x T product)
+    c = mask.sum(axis=0, dtype=np.int64)
+    pairs = float((c * (c - 1) // 2).sum()) / (T * (T - 1) / 2) / k
+    return Inertia(fraction, float(adjacent.mean()), float(history.mean()), pairs,
                    float(mask.any(axis=0).mean()), k / D, T)
 
 

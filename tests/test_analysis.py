@@ -119,3 +119,15 @@ def test_random_word_list_is_seeded():
 def test_reference_text_is_long_prose():
     text = wordlists.reference_text(4200)
     assert len(text) == 4200 and text.count(" ") > 400
+
+
+def test_inertia_pairwise_overlap_is_the_mean_over_all_token_pairs():
+    """Counted per neuron (no T x T product), it equals the brute-force mean of |S_i & S_j| / k."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(40, 200)).astype(np.float32)
+    z[:, :15] += 2.0                                   # shared neurons: overlaps well above chance
+    m = analysis.top_mask(z, 0.1)
+    k = int(m[0].sum())
+    brute = np.mean([(m[i] & m[j]).sum() / k for i in range(40) for j in range(i + 1, 40)])
+    got = analysis.inertia(z, 0.1)
+    assert got.pairwise_overlap == pytest.approx(brute, rel=1e-12) and got.pairwise_overlap > 0.2
