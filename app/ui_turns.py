@@ -16,9 +16,11 @@ Bounds, so that the background is late but never stuck:
   coming: clicks in quick succession, other users) then runs for `FREE_S` without waiting, so
   its jobs still move at a third of their speed or more.
 
-Between checkpoints a job runs on (a layer of a forward: up to about a tenth of a second on a
-1024-token run), so the background pools' threads also run at a lower CPU priority (`NICE`,
+Between checkpoints a job runs on (a layer of a forward over a 1024-token run: tens of
+milliseconds), so the background pools' threads also run at a lower CPU priority (`NICE`,
 `lower_priority`): the operating system gives the cores to the page run and the browser first.
+On a quiet machine this changed `benchmarks/app_latency.py`'s figures by less than their noise
+(two alternating pairs of runs); it is there for the busy one.
 """
 from __future__ import annotations
 
