@@ -148,6 +148,23 @@ def bars(values: np.ndarray, labels: list[str], title: str, highlight: list[int]
     return _layout(fig, 300, title=title)
 
 
+def token_scores(values: np.ndarray, labels: list[str], title: str, marked: list[int], name: str = "score",
+                 log: bool = False) -> go.Figure:
+    """One value per token as a filled step line (hover: the token with its text), the `marked`
+    tokens ringed. One path for the whole run rather than a bar per token: 1024 bars were the
+    slowest figure of the Heavy hitters page for the browser to draw."""
+    y = np.round(np.asarray(values, dtype=float), 5)
+    fig = go.Figure(go.Scatter(x=labels, y=y, mode="lines", line=dict(shape="hvh", width=1, color="#8da0cb"),
+                               fill="tozeroy", name=name,
+                               hovertemplate=f"token %{{x}}<br>{name} %{{y:.4g}}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[labels[i] for i in marked], y=y[list(marked)], mode="markers", name="top k",
+                             marker=dict(color="#e76f51", size=8, line=dict(color="white", width=1)),
+                             hovertemplate=f"token %{{x}}<br>{name} %{{y:.4g}} (top k)<extra></extra>"))
+    fig.update_xaxes(type="category", showticklabels=len(labels) <= 64, tickangle=-60, tickfont=dict(size=9))
+    fig.update_yaxes(title=name, type="log" if log else "linear")
+    return _layout(fig, 300, title=title, showlegend=False)
+
+
 def lines(series: dict[str, np.ndarray], x: np.ndarray, title: str, x_title: str, y_title: str,
           height: int = 280, y_range: tuple[float, float] | None = None) -> go.Figure:
     fig = go.Figure()

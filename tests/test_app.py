@@ -373,14 +373,17 @@ def test_heavy_hitters_details_drawn_only_when_open(app_db):
 def test_heavy_hitters_skip_token0_no_shade_no_bar_and_hover_text(app_db):
     _, rid = app_db
     at = open_app("heavy_hitters", run=rid)
-    bars = next(s for s in chart_specs(at) if s["data"][0]["type"] == "bar")
-    assert bars["data"][0]["x"][0].startswith("0 ▸")
+    scores = lambda: next(s for s in chart_specs(at)   # noqa: E731
+                          if s["layout"]["title"]["text"].startswith("Accumulated attention"))
+    bars = scores()
+    assert bars["data"][0]["x"][0].startswith("0 ▸") and len(bars["data"][1]["x"]) == 5   # the top 5 ringed
     heat = next(s for s in chart_specs(at) if s["data"][0]["type"] == "heatmap")
     assert heat["data"][0]["x"][1] == "1 ▸ ·cat"   # hovers carry the token's text
     at.toggle(key="url_skip_first").set_value(True).run()
     assert_clean(at)
-    bars = next(s for s in chart_specs(at) if s["data"][0]["type"] == "bar")
+    bars = scores()
     assert bars["data"][0]["x"][0].startswith("1 ▸") and len(bars["data"][0]["x"]) == len(heat["data"][0]["x"]) - 1
+    assert not any(x.startswith("0 ▸") for x in bars["data"][1]["x"])    # token 0 is not ringed
     html = next(m.value for m in at.html if "<span" in m.value)
     first = html.split("<span", 2)[1]
     assert "background" not in first   # token 0 is not shaded

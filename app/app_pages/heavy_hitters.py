@@ -86,12 +86,10 @@ def main() -> None:
     titles = [f"token {i}: score {v:.3f}" for i, v in enumerate(score)]
     st.html(ui_text.shaded_tokens(spans, score, titles, top, skip={0} if first else None))
 
-    fig = charts.bars(score[first:], labels[first:],
-                      f"Accumulated attention received, layers {lo}–{hi} (log scale)"
-                      + (", token 0 left out" if first else ""),
-                      highlight=[i - first for i in top], y_title="score")
-    fig.update_yaxes(type="log")
-    st.plotly_chart(fig, width="stretch")
+    st.plotly_chart(charts.token_scores(
+        score[first:], labels[first:], f"Accumulated attention received, layers {lo}–{hi} (log scale; "
+        "ringed: the top k)" + (", token 0 left out" if first else ""), [i - first for i in top], log=True),
+        width="stretch")
 
     per_layer = attn.sum(axis=1)  # (L, T)
     vals, xs = _fit_columns(per_layer, labels, texts, first)
