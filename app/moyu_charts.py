@@ -97,30 +97,35 @@ def _mask_scale() -> list:
 def mask_grid(panels: list[tuple[str, str, np.ndarray]], token_labels: list[str], neuron_ids: np.ndarray,
               labels: tuple[str, ...], title: str, per_row: int = 4) -> go.Figure:
     """Methods side by side: one categorical map per (method name, panel title, categories 0..3,
-    see analysis.MASK_LABELS) of the same tokens and neurons, axes linked (zoom or pan one, all
-    follow). The hover gives the category's number, named on the colour bar: a name per cell
-    made the figure more than ten times larger on the wire."""
-    n = len(panels)
-    cols = min(per_row, max(1, n))
-    rows = -(-n // cols)
-    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.012,
-                        vertical_spacing=0.08 if rows > 1 else 0.0,
-                        subplot_titles=[sub for _, sub, _ in panels])
-    x = [f"n{int(i)}" for i in neuron_ids]
+    see analysis.MASK_LABELS) of the same tokens and neurons. Each row of methods is one heatmap,
+    their columns one after another (a column is named by neuron and method, "n17 · tda"; a white
+    line parts two methods), and the rows' token axes are linked (zoom or pan the tokens of one
+    row, all follow): a pair of axes per method took the browser about three times longer to
+    draw eight methods, and several heatmaps on one axis hover the wrong cells. The hover gives
+    the category's number, named on the colour bar: a name per cell made the figure more than
+    ten times larger on the wire."""
+    n, w = len(panels), len(neuron_ids)
+    rows = -(-n // per_row)
+    fig = make_subplots(rows=rows, cols=1, vertical_spacing=0.08 if rows > 1 else 0.0)
     ticks = [f"{i}: {label}" for i, label in enumerate(labels)]
-    for k, (name, _, cats) in enumerate(panels):
-        assert cats.size <= MAX_CELLS
-        fig.add_trace(go.Heatmap(
-            z=cats.astype(np.int8), x=x, y=token_labels, zmin=-0.5, zmax=3.5, colorscale=_mask_scale(),
-            showscale=k == 0, name=name,
-            hovertemplate=f"{name}<br>token %{{y}}<br>neuron %{{x}}<br>class %{{z}} (colour bar)<extra></extra>",
-            colorbar=dict(thickness=12, tickvals=[0, 1, 2, 3], ticktext=ticks, len=0.9)),
-            row=k // cols + 1, col=k % cols + 1)
-    fig.update_xaxes(type="category", showticklabels=False, matches="x")
-    fig.update_yaxes(autorange="reversed", type="category", tickfont=dict(size=9), matches="y")
-    fig.update_yaxes(showticklabels=False)
     for r in range(rows):
-        fig.update_yaxes(showticklabels=True, row=r + 1, col=1)
+        row = panels[r * per_row:(r + 1) * per_row]
+        z = np.hstack([cats for _, _, cats in row]).astype(np.int8)
+        assert z.size <= MAX_CELLS * per_row
+        fig.add_trace(go.Heatmap(
+            z=z, x=[f"n{int(i)} · {name}" for name, _, _ in row for i in neuron_ids], y=token_labels,
+            zmin=-0.5, zmax=3.5, colorscale=_mask_scale(), showscale=r == 0, name=", ".join(m for m, _, _ in row),
+            hovertemplate="token %{y}<br>neuron %{x}<br>class %{z} (colour bar)<extra></extra>",
+            colorbar=dict(thickness=12, tickvals=[0, 1, 2, 3], ticktext=ticks, len=0.9)), row=r + 1, col=1)
+        axis = "" if r == 0 else str(r + 1)
+        for c, (_, sub, _) in enumerate(row):
+            fig.add_annotation(text=sub, x=c * w + (w - 1) / 2, y=1.0, xref=f"x{axis}", yref=f"y{axis} domain",
+                               yanchor="bottom", showarrow=False, font=dict(size=13))
+            if c:
+                fig.add_vline(x=c * w - 0.5, line=dict(color="white", width=6), row=r + 1, col=1)
+    fig.update_xaxes(type="category", showticklabels=False, showgrid=False, tickmode="array", tickvals=[],
+                     range=[-0.5, min(per_row, n) * w - 0.5])   # a short last row keeps the panels' width
+    fig.update_yaxes(autorange="reversed", type="category", tickfont=dict(size=9), matches="y", showgrid=False)
     return _layout(fig, rows * max(240, 14 * len(token_labels) + 60) + 40, title=title)
 
 

@@ -91,6 +91,20 @@ def recall(keep: np.ndarray, oracle: np.ndarray) -> float:
     return (keep & oracle).sum() / oracle.sum()
 
 
+def grid_panels(grid: dict) -> dict[str, tuple[list[str], np.ndarray]]:
+    """The side-by-side grid's methods in order: name -> (its neuron columns, its categories (T,
+    columns)); a row of methods is one heatmap whose columns are named "n17 · tda"."""
+    out: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+    for d in grid["data"]:
+        z = plotly_array(d["z"])
+        for j, x in enumerate(d["x"]):
+            neuron, name = x.split(" · ")
+            cols, cats = out.setdefault(name, ([], []))
+            cols.append(neuron)
+            cats.append(z[:, j])
+    return {name: (cols, np.stack(cats, axis=1)) for name, (cols, cats) in out.items()}
+
+
 def metrics(at) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
@@ -127,7 +141,7 @@ def test_toy_method_on_the_methods_page(app_db, lm, toy):  # noqa: F811
     assert not at.error, [e.value for e in at.error]
     assert at.query_params["method"] == "toy"
     grid = next(s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Layer 6, keep 0.50: tokens"))
-    assert [d["name"] for d in grid["data"]] == ["toy"]
+    assert list(grid_panels(grid)) == ["toy"]
 
     def expect(li: int, odd_weight: float) -> tuple[str, str]:
         mask = toy_mask(z[li], 0.5, odd_weight)
@@ -254,16 +268,17 @@ def test_side_by_side_with_dense_and_oracle_from_the_url(app_db):  # noqa: F811
     assert at.multiselect(key="url_method").value == ["oracle", "dense", "tda"]
     assert any("nosuch" in w.value and "not registered" in w.value for w in at.warning)
     grid = next(s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Layer 4, keep 0.25: tokens"))
-    assert [d["name"] for d in grid["data"]] == ["oracle", "dense", "tda"]
+    panels = grid_panels(grid)
+    assert list(panels) == ["oracle", "dense", "tda"]
     ys = {tuple(d["y"]) for d in grid["data"]}
     assert len(ys) == 1   # the same tokens for every method
-    assert len({tuple(d["x"]) for d in grid["data"]}) == 1   # and the same neurons
+    assert len({tuple(cols) for cols, _ in panels.values()}) == 1   # and the same neurons
     recalls = [m.value for m in at.metric if m.label == "Recall of the oracle"]
     kept = [m.value for m in at.metric if m.label == "Kept (this layer)"]
     assert recalls[:2] == ["100.0%", "100.0%"] and kept[1] == "100.0%" and kept[0] == "25.0%"
     assert len([m for m in at.metric if m.label == "Perplexity ratio"]) >= 3   # quality on each card
     z = store.activations(rid, 4)
-    oracle_cats = plotly_array(grid["data"][0]["z"])
+    oracle_cats = panels["oracle"][1]
     assert set(np.unique(oracle_cats)) <= {0, 1}   # the oracle never disagrees with itself
     assert at.query_params["method"] == "oracle,dense,tda" and z.shape[1] == 1536
 
