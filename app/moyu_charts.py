@@ -100,18 +100,18 @@ def mask_grid(panels: list[tuple[str, str, np.ndarray]], token_labels: list[str]
     see analysis.MASK_LABELS) of the same tokens and neurons. Each row of methods is one heatmap,
     their columns one after another (a column is named by neuron and method, "n17 · tda"; a white
     line parts two methods), and the rows' token axes are linked (zoom or pan the tokens of one
-    row, all follow): a pair of axes per method took the browser about three times longer to
-    draw eight methods, and several heatmaps on one axis hover the wrong cells. The hover gives
-    the category's number, named on the colour bar: a name per cell made the figure more than
-    ten times larger on the wire."""
+    row, all follow): a pair of axes per method made a method's first view slower to draw
+    (`benchmarks/app_latency.py`), and several heatmaps on one axis hover the wrong cells. The
+    hover gives the category's number, named on the colour bar: a name per cell made the figure
+    more than ten times larger on the wire."""
     n, w = len(panels), len(neuron_ids)
     rows = -(-n // per_row)
     fig = make_subplots(rows=rows, cols=1, vertical_spacing=0.08 if rows > 1 else 0.0)
     ticks = [f"{i}: {label}" for i, label in enumerate(labels)]
     for r in range(rows):
         row = panels[r * per_row:(r + 1) * per_row]
+        assert all(cats.size <= MAX_CELLS for _, _, cats in row)
         z = np.hstack([cats for _, _, cats in row]).astype(np.int8)
-        assert z.size <= MAX_CELLS * per_row
         fig.add_trace(go.Heatmap(
             z=z, x=[f"n{int(i)} · {name}" for name, _, _ in row for i in neuron_ids], y=token_labels,
             zmin=-0.5, zmax=3.5, colorscale=_mask_scale(), showscale=r == 0, name=", ".join(m for m, _, _ in row),
