@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
+from . import kernels
+from .errors import MoyuError
 from .keep import keep_count
-from .methods.base import topk_mask
 
 NORMALISATIONS = ("raw", "abs", "token")  # raw z, |z|, |z| / max_j |z_tj| per token (paper Fig. 2)
 ORDERS = ("index", "frequency")           # neuron order: by index, or by how many tokens fire them
@@ -35,13 +35,23 @@ def normalise(z: np.ndarray, how: str) -> np.ndarray:
 
 def top_mask(z: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """bool (T, d_ff): each token's top `fraction` of neurons by |z| (the oracle at keep=fraction),
-    ties at the k-th value taking the lowest indices: the oracle method's own mask
-    (`methods.base.topk_mask`, a radix select in C++: 2.7 ms for 1024 x 1536 on this 2-core
-    machine where numpy's argpartition took 23.9 ms, `python benchmarks/probes.py topk`)."""
-    z32 = np.ascontiguousarray(z, dtype=np.float32)
-    if not z32.flags.writeable:   # torch wraps only writable arrays without a warning
-        z32 = z32.copy()
-    return topk_mask(torch.from_numpy(z32), fraction, absolute=True).numpy()
+    ties at the k-th value taking the lowest indices as the oracle method's mask does: the radix
+    select in C++ (`kernels.topk_mask_np`: 2.7 ms for 1024 x 1536 on this 2-core machine where
+    numpy's argpartition took 24-28 ms, `python benchmarks/probes.py topk`); argpartition where
+    the kernels cannot be built."""
+    T, D = z.shape
+    k = keep_count(D, fraction)
+    if k >= D:
+        return np.ones((T, D), bool)
+    if z.size:
+        try:
+            return kernels.topk_mask_np(z, k, absolute=True)
+        except MoyuError:
+            pass
+    idx = np.argpartition(-np.abs(z), k - 1, axis=1)[:, :k]  # (T, k)
+    mask = np.zeros((T, D), bool)
+    np.put_along_axis(mask, idx, True, axis=1)
+    return mask
 
 
 def activation_frequency(z: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:

@@ -71,6 +71,17 @@ def row_ops():
     return _load("row_stats.cpp")
 
 
+def topk_mask_np(a, k: int, absolute: bool = False):
+    """numpy bool mask of each row's k largest entries of the 2-D array a (of |a| when
+    `absolute`): `row_stats.cpp`'s radix select, ties at the k-th value taking the lowest indices.
+    Raises MoyuError where the kernels cannot be built."""
+    import numpy as np
+    a32 = np.ascontiguousarray(a, dtype=np.float32)
+    if not a32.flags.writeable:   # torch wraps only writable arrays without a warning
+        a32 = a32.copy()
+    return row_ops().topk_mask_rows(torch.from_numpy(a32), int(k), bool(absolute)).numpy()
+
+
 def activation_kind(act: torch.nn.Module) -> int | None:
     """The kernels' code for an activation module, found by comparing its values with each
     candidate's on [-8, 8]; None when it is none of them (that model then decodes simulated)."""
