@@ -36,8 +36,8 @@ def normalise(z: np.ndarray, how: str) -> np.ndarray:
 def top_mask(z: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """bool (T, d_ff): each token's top `fraction` of neurons by |z| (the oracle at keep=fraction),
     ties at the k-th value taking the lowest indices as the oracle method's mask does: the radix
-    select in C++ (`kernels.topk_mask_np`: 2.7 ms for 1024 x 1536 on this 2-core machine where
-    numpy's argpartition took 24-28 ms, `python benchmarks/probes.py topk`); argpartition where
+    select in C++ (`kernels.topk_mask_np`: 1.7-2.7 ms for 1024 x 1536 on this 2-core machine where
+    argpartition took 20-28 ms, in three runs of `python benchmarks/probes.py topk`); argpartition where
     the kernels cannot be built."""
     T, D = z.shape
     k = keep_count(D, fraction)
@@ -48,8 +48,13 @@ def top_mask(z: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
             return kernels.topk_mask_np(z, k, absolute=True)
         except MoyuError:
             pass
+    return top_mask_numpy(z, k)
+
+
+def top_mask_numpy(z: np.ndarray, k: int) -> np.ndarray:
+    """`top_mask`'s fallback: each row's k largest |z| by numpy's argpartition (any k of tied)."""
     idx = np.argpartition(-np.abs(z), k - 1, axis=1)[:, :k]  # (T, k)
-    mask = np.zeros((T, D), bool)
+    mask = np.zeros(z.shape, bool)
     np.put_along_axis(mask, idx, True, axis=1)
     return mask
 
