@@ -168,7 +168,7 @@ def linear_t(lm) -> None:
     g = torch.Generator().manual_seed(0)
     for out, bounds in ((960, [0, 576, 768, 960]), (576, [0, 576]), (3072, [0, 1536, 3072])):
         ws = [torch.randn(out, d, generator=g) for _ in range(L)]
-        wt, wr = [kernels.segments_transposed(w, bounds) for w in ws], [kernels.hugepage(w) for w in ws]
+        wt, wr = [kernels.input_major(w) for w in ws], [kernels.hugepage(w) for w in ws]
         xs = [torch.randn(d, generator=g) for _ in range(L)]
         half = [float(x.abs().median()) for x in xs]
         S = len(bounds) - 1

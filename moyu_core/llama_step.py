@@ -73,8 +73,8 @@ class DenseLinears:
 
 class InputSparseLinears(DenseLinears):
     """TEAL's attention products: input channels j with |x_j| below the projection's threshold are
-    skipped, the weights stored transposed per segment (q, k, v; `kernels.segments_transposed`) so
-    that a channel's weights in a segment are one row. thresholds[i]
+    skipped, the weights stored transposed (`kernels.input_major`) so that a channel's weights
+    are one row (q, k and v stacked: one row over the three). thresholds[i]
     maps "q", "k", "v", "o" to layer i's thresholds. The LM head stays dense."""
 
     def __init__(self, lm, thresholds: list[dict]):
@@ -87,9 +87,9 @@ class InputSparseLinears(DenseLinears):
         self.bounds = [0, n_q, n_q + n_k, n_q + 2 * n_k]
         n_o = a.o_proj.weight.shape[0]
         self.bounds_o = [0, n_o]
-        self.w_qkv_t = [kernels.transposed(lm, (i, "qkv"), lambda i=i: _qkv(lm, i), self.bounds)
+        self.w_qkv_t = [kernels.transposed(lm, (i, "qkv"), lambda i=i: _qkv(lm, i))
                         for i in range(lm.n_layers)]
-        self.w_o_t = [kernels.transposed(lm, (i, "o"), lambda i=i: _o(lm, i), self.bounds_o)
+        self.w_o_t = [kernels.transposed(lm, (i, "o"), lambda i=i: _o(lm, i))
                       for i in range(lm.n_layers)]
 
     def qkv(self, i, x):

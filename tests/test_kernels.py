@@ -33,7 +33,7 @@ def _layouts(gate, up, down):
     h = kernels.hugepage
     return {"gu": h(torch.stack([gate, up], 1)), "dt": h(down.T), "g": h(gate),
             "ud": h(torch.stack([up, down.T], 1)), "rec": h(torch.stack([gate, up, down.T], 1)),
-            "gut": kernels.segments_transposed(torch.cat([gate, up]), [0, gate.shape[0], 2 * gate.shape[0]])}
+            "gut": kernels.input_major(torch.cat([gate, up]))}
 
 
 def _masked_mlp(gate, up, down, x, kind, keep):
@@ -112,17 +112,20 @@ def test_top_k_ties_keep_the_lowest_indices(threads):
                _masked_mlp(gate, up, down, x, 0, keep_e[assign])[0], 1.0)
 
 
-@pytest.mark.parametrize("out,inp", [(960, 576), (576, 576), (40, 24)])
+@pytest.mark.parametrize("out,inp", [(960, 576), (576, 576), (40, 24), (3072, 576)])
 def test_input_channel_skipping_equals_masked_dense(out, inp, threads):
     K = kernels.ops()
     g = torch.Generator().manual_seed(1)
     w, x = torch.randn(out, inp, generator=g), torch.randn(inp, generator=g)
     bounds = [0, out // 2, 3 * out // 4, out]
-    wt = kernels.segments_transposed(w, bounds)
-    th = [_between(x), 0.0, _between(x, 0.8)]
-    ref = torch.cat([w[a:b] @ (x * (x.abs() >= t)) for a, b, t in zip(bounds, bounds[1:], th)])
-    _close(K.linear_t(wt, x, bounds, th), ref, float(ref.abs().max()))
-    _close(K.linear_t(kernels.hugepage(w.T), x, [0, out], [0.0]), w @ x, float((w @ x).abs().max()))
+    wt = kernels.input_major(w)
+    lo, hi = _between(x), _between(x, 0.8)
+    # thresholds per segment: all different; shared (a kept channel is one whole row); the middle
+    # one higher (a channel kept in the outer segments only is two pieces of its row)
+    for th in ([lo, 0.0, hi], [lo, lo, lo], [lo, hi, lo], [hi, lo, 0.0]):
+        ref = torch.cat([w[a:b] @ (x * (x.abs() >= t)) for a, b, t in zip(bounds, bounds[1:], th)])
+        _close(K.linear_t(wt, x, bounds, th), ref, float(ref.abs().max()))
+    _close(K.linear_t(wt, x, [0, out], [0.0]), w @ x, float((w @ x).abs().max()))
     _close(K.gemv(kernels.hugepage(w), x), w @ x, float((w @ x).abs().max()))
 
 

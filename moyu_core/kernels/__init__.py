@@ -131,25 +131,23 @@ def records(lm, i: int) -> torch.Tensor:
     return lm.derived((i, "kernels.records"), build)
 
 
-def segments_transposed(w: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-    """W (out, in) for input-channel skipping: its output rows cut into segments at `bounds` (0 to
-    out), each segment stored transposed, (in, segment width), one after another, flat, in
-    huge-page memory. An input channel's weights in one segment are one contiguous row, and a
-    segment's rows are packed together (read at half, they stay near one another)."""
-    return hugepage(torch.cat([w[a:b].T.reshape(-1) for a, b in zip(bounds, bounds[1:])]))
+def input_major(w: torch.Tensor) -> torch.Tensor:
+    """W (out, in) for input-channel skipping: W^T (in, out) in huge-page memory, so that an input
+    channel's weights are one contiguous row (all segments of a stacked matrix in one row)."""
+    return hugepage(w.T)
 
 
 def teal_layout(lm, i: int) -> torch.Tensor:
-    """TEAL's gate and up: W_gate^T (d, d_ff) then W_up^T (d, d_ff), flat (`segments_transposed`)."""
+    """TEAL's gate and up: [W_gate; W_up]^T (d, 2 d_ff) (`input_major`)."""
     def build():
         w = lm.mlp_weights(i)
-        return segments_transposed(torch.cat([w.gate, w.up]), [0, lm.d_ff, 2 * lm.d_ff])
+        return input_major(torch.cat([w.gate, w.up]))
     return lm.derived((i, "kernels.teal"), build)
 
 
-def transposed(lm, key, build, bounds: list[int]) -> torch.Tensor:
-    """`build()` (out, in) kept with the model as `segments_transposed` at `bounds`."""
-    return lm.derived((key, "kernels.segments"), lambda: segments_transposed(build(), bounds))
+def transposed(lm, key, build) -> torch.Tensor:
+    """`build()` (out, in) kept with the model as `input_major`."""
+    return lm.derived((key, "kernels.input_major"), lambda: input_major(build()))
 
 
 def rows(lm, key, build) -> torch.Tensor:

@@ -6,12 +6,12 @@
 //   g (n, d) and ud (n, 2, d) [up_i; W_down[:, i]]          gate-based (the gate streams, a kept
 //                                                          neuron's up and down are one block);
 //   records (n, 3, d) [gate_i; up_i; W_down[:, i]]          routers (a kept neuron is one block);
-//   wt: each output segment transposed, (in, width)        input-channel skipping (TEAL): one
-//                                                          row per input channel and segment.
+//   wt = W^T (in, out)                                     input-channel skipping (TEAL): one
+//                                                          row per input channel.
 // Every kernel applies its selection (threshold, top-k, router) itself; the list of kept rows is
 // built here, never in Python. The dense stream of gate and up is left to the hardware prefetcher;
 // kept blocks, and the sparse kernels' other streams, are prefetched into L2 at a constant
-// distance ahead (`Ahead`). `llama_attention` is the attention half of a Llama decode step (the
+// distance ahead (`Ahead`), long gathered rows one group of rows ahead (`sum_range`). `llama_attention` is the attention half of a Llama decode step (the
 // small operations around its two products in one call). Work is one task per thread
 // (at::parallel_for, torch's own OpenMP pool); a task summing rows keeps its own partial sum,
 // added up in task order, so results do not depend on thread timing. Inner loops are plain
@@ -98,6 +98,23 @@ MOYU_CLONES void axpy4(const float* a, const float* const* w, float* __restrict 
   for (; j < n; ++j) y[j] += a[0] * w0[j] + a[1] * w1[j] + a[2] * w2[j] + a[3] * w3[j];
 }
 
+// axpy4 that also prefetches the rows `next` (the next four rows to be read) into L2, a line of
+// each per line of its own rows: a prefetch distance of one group, spread over the group.
+MOYU_CLONES void axpy4_fetch(const float* a, const float* const* w, const float* const* next, float* __restrict y,
+                             int64_t n) {
+  const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+  const float *n0 = next[0], *n1 = next[1], *n2 = next[2], *n3 = next[3];
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    __builtin_prefetch(n0 + j, 0, 1);
+    __builtin_prefetch(n1 + j, 0, 1);
+    __builtin_prefetch(n2 + j, 0, 1);
+    __builtin_prefetch(n3 + j, 0, 1);
+    store(y + j, load(y + j) + a[0] * load(w0 + j) + a[1] * load(w1 + j) + a[2] * load(w2 + j) + a[3] * load(w3 + j));
+  }
+  for (; j < n; ++j) y[j] += a[0] * w0[j] + a[1] * w1[j] + a[2] * w2[j] + a[3] * w3[j];
+}
+
 // ---- tasks ------------------------------------------------------------------------------------
 
 int64_t task_count(int64_t work, int64_t min_work) {
@@ -178,14 +195,34 @@ void for_rows(const float* base, int64_t span, int64_t n, int64_t min_per_task, 
 // each with its own partial sum, added in task order (results do not depend on thread timing).
 // `block(q)` is the block of `span` floats item q reads (its row, or a record whose coefficient
 // comes from dot products over the rest of it), prefetched ahead (`Ahead`). Gathered items go
-// four per pass over the task's partial sum (a quarter of its loads and stores); span 0, rows read
-// in one unbroken stream (dense), are not prefetched and go one at a time: both prefetching them
-// and four interleaved streams made dense slower, in alternating rounds at 1 and 2 threads.
+// four per pass over the task's partial sum (a quarter of its loads and stores). Four rows of
+// LONG_ROW floats or more (TEAL's rows: gate and up, d_ff floats twice; q, k and v) are more than
+// the constant distance, so `Ahead` would fetch three of them just as they are read; they are
+// fetched one group ahead instead, a line of each next row per line read (`axpy4_fetch`). Span
+// 0, rows read in one unbroken stream (dense), are not prefetched and go one at a time: both
+// prefetching them and four interleaved streams made dense slower, in alternating rounds at 1
+// and 2 threads.
+constexpr int64_t LONG_ROW = 768;
+
 template <class Block, class Coef, class RowPtr>
 void sum_range(int64_t q0, int64_t q1, int64_t d, int64_t span, const Block& block, const Coef& coef,
                const RowPtr& row, float* acc) {
-  Ahead<Block> ahead(block, span, q0, q1);
   int64_t q = q0;
+  if (span == d && d >= LONG_ROW) {   // long gathered rows
+    for (; q + 4 <= q1; q += 4) {
+      float a[4];
+      const float *w[4], *next[4];
+      for (int u = 0; u < 4; ++u) {
+        a[u] = coef(q + u);
+        w[u] = row(q + u);
+        next[u] = row(std::min(q + 4 + u, q1 - 1));
+      }
+      axpy4_fetch(a, w, next, acc, d);
+    }
+    for (; q < q1; ++q) axpy(coef(q), row(q), acc, d);
+    return;
+  }
+  Ahead<Block> ahead(block, span, q0, q1);
   for (; span > 0 && q + 4 <= q1; q += 4) {
     float a[4];
     const float* w[4];
@@ -420,37 +457,61 @@ torch::Tensor mlp_router_experts(torch::Tensor records, torch::Tensor x, int64_t
 
 // y = W x over the input channels j with |x_j| >= t_s in output segment s: W's output rows cut
 // into segments by `bounds` (S + 1 offsets from 0 to out), one threshold each (q, k and v of a
-// stacked matrix; gate and up), wt segment-major: segment s transposed, (in, width_s), at offset
-// in * bounds[s] (`kernels.segments_transposed`). The kept (segment, channel) rows, each one
-// contiguous block, split among tasks in one parallel region (a region per segment cost more
-// than the skipped bytes saved on q/k/v at 2 threads).
+// stacked matrix; gate and up), wt = W^T (in, out) (`kernels.input_major`): channel j's weights
+// are one contiguous row. A channel reads the part of its row that its kept segments cover, as
+// one piece per run of consecutive kept segments: where the segments share a threshold (q, k, v
+// and gate, up unless TEAL's greedy allocation parts them), a kept channel is one unbroken row
+// (about 2.8 times as fast for k and v at 1 thread than a row per segment, `benchmarks/probes.py
+// linear-t`). The pieces are grouped by run; all groups' pieces split among tasks by their floats
+// in one parallel region (a region per group cost more than the skipped bytes saved on q/k/v at
+// 2 threads).
 void linear_t_into(const float* wt, int64_t in, int64_t out, const float* x, const std::vector<int64_t>& bounds,
                    const std::vector<float>& th, float* y) {
   const int64_t S = th.size();
-  std::vector<int64_t> kept, first(S + 1, 0);   // the kept channels of every segment, one after another
-  kept.reserve(S * in);
-  for (int64_t s = 0; s < S; ++s) {
-    for (int64_t j = 0; j < in; ++j)
-      if (std::fabs(x[j]) >= th[s]) kept.push_back(j);
-    first[s + 1] = kept.size();
+  // group (a, b): the channels whose kept segments include the run a..b, bounded by dropped ones
+  std::vector<std::vector<int64_t>> rows(S * S);
+  for (int64_t j = 0; j < in; ++j) {
+    const float v = std::fabs(x[j]);
+    for (int64_t a = 0; a < S;) {
+      if (v < th[a]) { ++a; continue; }
+      int64_t b = a;
+      while (b + 1 < S && v >= th[b + 1]) ++b;
+      rows[a * S + b].push_back(j);
+      a = b + 1;
+    }
   }
-  const int64_t K = kept.size(), tasks = task_count(K, 64);
+  std::vector<int64_t> gid, first(1, 0), floats(1, 0);   // the non-empty groups, their pieces one after another
+  for (int64_t g = 0; g < S * S; ++g) {
+    if (rows[g].empty()) continue;
+    gid.push_back(g);
+    first.push_back(first.back() + rows[g].size());
+    floats.push_back(floats.back() + int64_t(rows[g].size()) * (bounds[g % S + 1] - bounds[g / S]));
+  }
+  std::vector<int64_t> kept;   // every group's channels, one group after another
+  kept.reserve(first.back());
+  for (int64_t g : gid) kept.insert(kept.end(), rows[g].begin(), rows[g].end());
+  const int64_t G = gid.size(), tasks = task_count(floats.back(), 64 * 576);
+  auto piece_at = [&](int64_t f) {   // the first piece at or after float f of the whole work
+    const int64_t g = std::upper_bound(floats.begin(), floats.end(), f) - floats.begin() - 1;
+    if (g >= G) return first[G];
+    const int64_t width = bounds[gid[g] % S + 1] - bounds[gid[g] / S];
+    return std::min(first[g + 1], first[g] + (f - floats[g] + width - 1) / width);
+  };
   std::vector<float> part(tasks * out, 0.f);
-  run_tasks(tasks, [&](int64_t t) {   // one parallel region for all segments
-    const int64_t q0 = split(K, tasks, t), q1 = split(K, tasks, t + 1);
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t a = std::max(q0, first[s]), e = std::min(q1, first[s + 1]);
+  run_tasks(tasks, [&](int64_t t) {   // one parallel region for all groups
+    const int64_t q0 = piece_at(split(floats.back(), tasks, t)), q1 = piece_at(split(floats.back(), tasks, t + 1));
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t a = std::max(q0, first[g]), e = std::min(q1, first[g + 1]);
       if (a >= e) continue;
-      const int64_t b = bounds[s], width = bounds[s + 1] - b;
-      const float* seg = wt + in * b;
-      auto row = [&](int64_t q) { return seg + kept[q] * width; };
+      const int64_t b = bounds[gid[g] / S], width = bounds[gid[g] % S + 1] - b;
+      auto row = [&](int64_t q) { return wt + kept[q] * out + b; };
       sum_range(a, e, width, width, row, [&](int64_t q) { return x[kept[q]]; }, row, part.data() + t * out + b);
     }
   });
   add_parts(part, tasks, out, y);
 }
 
-// `linear_t_into` on a segment-major tensor, its bounds and thresholds checked first.
+// `linear_t_into` on W^T (in, out), its bounds and thresholds checked first.
 void linear_t_checked(const torch::Tensor& wt, const float* x, int64_t in, int64_t out,
                       const std::vector<int64_t>& bounds, const std::vector<double>& thresholds, float* y) {
   TORCH_CHECK(bounds.size() == thresholds.size() + 1 && !thresholds.empty() && bounds.front() == 0 &&
