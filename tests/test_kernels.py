@@ -1,5 +1,8 @@
 """The fused decode kernels equal the masked dense computation in torch, on random weights (several
 shapes, both thread counts) and on the real model's weights."""
+import os
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,3 +177,14 @@ def test_kernels_on_real_weights_equal_masked_dense(lm):
         with torch.inference_mode():
             out = decode.EXECUTED[name](lm, i, m, kind)(x)
         _close(out, ref, float(ref.abs().max()))
+
+
+def test_a_stale_build_lock_is_cleared_a_fresh_one_kept(tmp_path):
+    """A build killed mid-compile leaves torch's lock file; later builds would wait on it forever."""
+    lock = tmp_path / "lock"
+    lock.touch()
+    assert not kernels.clear_stale_lock(tmp_path) and lock.exists()   # a build may be running
+    old = time.time() - kernels.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    assert kernels.clear_stale_lock(tmp_path) and not lock.exists()
+    assert not kernels.clear_stale_lock(tmp_path)                     # nothing left to clear

@@ -19,9 +19,11 @@ decode, dense included, runs on them.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +33,7 @@ from ..errors import MoyuError
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")   # the kernels' `kind` codes, in order
 _HERE = Path(__file__).parent
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
 _loaded: dict[str, object] = {}
 
 
@@ -38,6 +41,23 @@ def _build_dir() -> Path:
     from ..models import CACHE_DIR
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}"
     return Path(CACHE_DIR) / "kernels" / tag
+
+
+STALE_LOCK_S = 600   # a build takes about a minute here; a lock this old was left by a killed build
+
+
+def clear_stale_lock(build: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove torch's build lock in `build` if it is older than max_age_s: a process killed while
+    it compiled leaves it behind, and every later build would wait on it forever. True if removed."""
+    lock = build / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime <= max_age_s:
+            return False
+        lock.unlink()
+    except FileNotFoundError:
+        return False
+    log.warning("removed a stale kernel build lock (%s), left by a build that was stopped", lock)
+    return True
 
 
 def _load(source: str):
@@ -51,6 +71,7 @@ def _load(source: str):
                 os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
             build = _build_dir() / Path(source).stem
             build.mkdir(parents=True, exist_ok=True)
+            clear_stale_lock(build)
             try:
                 _loaded[source] = cpp_extension.load(
                     name=f"moyu_{Path(source).stem}", sources=[str(_HERE / source)], build_directory=str(build),
