@@ -8,11 +8,14 @@ the fraction of that ceiling it reaches.
     python benchmarks/decode_speed.py --keeps 0.5,0.25 --pairs 7       more keeps, more pairs
     python benchmarks/decode_speed.py --vs-hf --json      lean dense loop vs transformers' generate
 
-Columns: speed-up (median over pairs of dense's median step / the method's), tok/s (median over
+Columns: speed-up (median over pairs of dense's median step / the method's), its interval (the
+median's distribution-free interval from order statistics at >= 95%, `stats.median_ci`; with
+fewer than 6 pairs, the full range at its lower coverage), tok/s (median over
 pairs of the decode tokens/s ratio: whole sides, so stalls of the machine weigh in), cpu (median
 ratio of decode CPU time: on one thread the work itself, a check that holds on a busy machine),
 ceiling, x/ceil = speed-up / ceiling, gain = (speed-up - 1) / (ceiling - 1), the share of the
-possible gain reached.
+possible gain reached, and for the methods with a goal (issue 13, at keep 0.5) the goal and a
+verdict: met (interval above it), missed (below) or open (the interval holds it).
 """
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ import time
 import torch
 
 from moyu_core.decode import ceiling, compare_speed, generate
+from moyu_core.experiments.stats import median_ci
 from moyu_core.methods import make
 from moyu_core.models import fused_attention, load, setup_compute
 
 PROMPT = "Python's standard library reference describes the built-in types, the exceptions and"
+GOALS = {"cats": 1.15, "dejavu": 1.25, "teal": 1.40, "tda": 1.05}   # speed-up goals at keep 0.5 (issue 13)
 METHODS = ("tda", "cett", "oracle", "cats", "moe-oracle", "dejavu", "moe", "teal", "griffin", "static")
 
 
@@ -37,8 +42,11 @@ def bench(lm, name: str, keep: float, pairs: int, tokens: int, executed: bool = 
         setup_compute(threads)
     r = compare_speed(lm, PROMPT, make(name, keep=keep), tokens, pairs, executed)
     c = ceiling(lm, name, keep)
-    s = r["speedup_median"]
+    s, ci = r["speedup_median"], median_ci(r["ratios"])
+    goal = GOALS.get(name) if keep == 0.5 else None
+    verdict = None if goal is None else "met" if ci["lo"] >= goal else "missed" if ci["hi"] < goal else "open"
     return {"method": name, "keep": keep, "threads": torch.get_num_threads(), "speedup_median": s,
+            "speedup_ci": [ci["lo"], ci["hi"]], "ci_level": ci["level"], "goal": goal, "verdict": verdict,
             "throughput_median": statistics.median(r["throughput_ratios"]),
             "cpu_ratio_median": r["cpu_ratio_median"], "ceiling": c, "of_ceiling": s / c,
             "gain_of_ceiling": (s - 1) / (c - 1) if c > 1 else float("nan"), "pairs": r["pairs"],
@@ -91,19 +99,21 @@ def main() -> None:
     keeps = [a.keep] if a.keep is not None else [float(k) for k in a.keeps.split(",")]
     names = [a.method] if a.method else list(METHODS)
     threads = [int(t) for t in a.threads.split(",")]
-    print(f"{'method':10s} {'keep':>5s} {'thr':>3s} {'speed-up':>8s} {'tok/s':>6s} {'cpu':>6s} {'ceiling':>7s} "
-          f"{'x/ceil':>6s} "
-          f"{'gain':>5s} {'slice ms':>8s}  label ({a.pairs} pairs, {a.tokens} tokens)", flush=True)
+    print(f"{'method':10s} {'keep':>5s} {'thr':>3s} {'speed-up':>8s} {'interval':>13s} {'tok/s':>6s} {'cpu':>6s} "
+          f"{'ceiling':>7s} {'x/ceil':>6s} {'gain':>5s} {'slice ms':>8s} {'goal':>5s} {'verdict':7s} "
+          f"label ({a.pairs} pairs, {a.tokens} tokens)", flush=True)
     rows = []
     for t in threads:
         for name in names:
             for keep in keeps:
                 r = bench(lm, name, keep, a.pairs, a.tokens, not a.simulated, t)
                 rows.append(r)
-                print(f"{name:10s} {keep:5.2f} {t:3d} {r['speedup_median']:7.2f}x {r['throughput_median']:5.2f}x "
-                      f"{r['cpu_ratio_median']:5.2f}x "
-                      f"{r['ceiling']:6.2f}x {r['of_ceiling']:6.2f} {r['gain_of_ceiling']:5.2f} {r['slice_ms']:8.1f}  "
-                      f"{r['label']}", flush=True)
+                lo, hi = r["speedup_ci"]
+                goal = f"{r['goal']:4.2f}x" if r["goal"] else "-"
+                print(f"{name:10s} {keep:5.2f} {t:3d} {r['speedup_median']:7.2f}x  [{lo:4.2f}, {hi:4.2f}] "
+                      f"{r['throughput_median']:5.2f}x {r['cpu_ratio_median']:5.2f}x {r['ceiling']:6.2f}x "
+                      f"{r['of_ceiling']:6.2f} {r['gain_of_ceiling']:5.2f} {r['slice_ms']:8.1f} {goal:>5s} "
+                      f"{r['verdict'] or '-':7s} {r['label']}", flush=True)
     if a.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
 

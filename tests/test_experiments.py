@@ -33,6 +33,19 @@ def test_t_interval_covers_at_small_n():
     assert 0.93 <= np.mean(cover) <= 0.97
 
 
+@pytest.mark.parametrize("n", [7, 9, 15])
+def test_median_interval_covers_at_its_stated_level(n):
+    """The order-statistic interval of a median (the speed protocol's ratios) covers a skewed
+    distribution's true median at least at its stated level, and its bounds are known ranks."""
+    rng = np.random.default_rng(n)
+    true = float(np.exp(0.1))                      # median of exp(N(0.1, 0.3)), a skewed ratio
+    runs = [stats.median_ci(np.exp(rng.normal(0.1, 0.3, n))) for _ in range(4000)]
+    cover = np.mean([r["lo"] <= true <= r["hi"] for r in runs])
+    assert runs[0]["level"] >= 0.95 and cover >= runs[0]["level"] - 0.015
+    r = stats.median_ci(np.arange(1.0, n + 1))
+    assert (r["lo"], r["hi"]) == {7: (1, 7), 9: (2, 8), 15: (4, 12)}[n] and r["n"] == n
+
+
 def test_known_effect_is_supported_and_its_reverse_contradicted():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 30)          # d = 1

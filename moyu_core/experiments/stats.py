@@ -108,6 +108,26 @@ def mean_ci(x, alpha: float = ALPHA) -> dict:
             "interval": "t"}
 
 
+def median_ci(x, alpha: float = ALPHA) -> dict:
+    """Median of `x` with its distribution-free interval from order statistics: [x_(k), x_(n+1-k)]
+    for the largest k whose coverage 1 - 2 P(Bin(n, 1/2) < k) is at least 1 - alpha (valid for
+    any continuous distribution of independent values; the speed protocol's per-pair ratios).
+    {median, lo, hi, n, level}: level is the interval's exact coverage, below 1 - alpha only when n
+    is too small for any k (n < 6 at 95%: then the full range and its coverage)."""
+    x = np.sort(_clean(x))
+    n = len(x)
+    if n == 0:
+        return {"median": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "level": math.nan}
+    k, cdf = 1, 0.5 ** n                       # k = 1: the full range; cdf = P(Bin(n, 1/2) <= k - 1)
+    level = 1 - 2 * cdf
+    for j in range(2, (n + 1) // 2 + 1):
+        cdf_j = cdf + math.comb(n, j - 1) * 0.5 ** n
+        if 1 - 2 * cdf_j < 1 - alpha:
+            break
+        k, cdf, level = j, cdf_j, 1 - 2 * cdf_j
+    return {"median": float(np.median(x)), "lo": float(x[k - 1]), "hi": float(x[n - k]), "n": n, "level": level}
+
+
 def window_intervals(per_window: list[dict]) -> dict:
     """Intervals over the quality protocol's windows (n = windows): the perplexity ratio's as exp of
     the t interval of the per-window mean NLL difference (so it brackets the pooled ratio), KL's

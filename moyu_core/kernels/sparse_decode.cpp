@@ -11,8 +11,9 @@
 // Every kernel applies its selection (threshold, top-k, router) itself; the list of kept rows is
 // built here, never in Python. The dense stream of gate and up is left to the hardware prefetcher;
 // kept blocks, and the sparse kernels' other streams, are prefetched into L2 at a constant
-// distance ahead (`Ahead`), long gathered rows one group of rows ahead (`sum_range`). `llama_attention` is the attention half of a Llama decode step (the
-// small operations around its two products in one call). Work is one task per thread
+// distance ahead (`Ahead`), long gathered rows one group of rows ahead (`sum_range`).
+// `llama_attention` is the attention half of a Llama decode step (the small operations around its
+// two products in one call). Work is one task per thread
 // (at::parallel_for, torch's own OpenMP pool); a task summing rows keeps its own partial sum,
 // added up in task order, so results do not depend on thread timing. Inner loops are plain
 // loops on 16-float vector values; on x86-64 GCC builds them for AVX-512, AVX2+FMA and baseline
@@ -196,12 +197,14 @@ void for_rows(const float* base, int64_t span, int64_t n, int64_t min_per_task, 
 // `block(q)` is the block of `span` floats item q reads (its row, or a record whose coefficient
 // comes from dot products over the rest of it), prefetched ahead (`Ahead`). Gathered items go
 // four per pass over the task's partial sum (a quarter of its loads and stores). Four rows of
-// LONG_ROW floats or more (TEAL's rows: gate and up, d_ff floats twice; q, k and v) are more than
-// the constant distance, so `Ahead` would fetch three of them just as they are read; they are
-// fetched one group ahead instead, a line of each next row per line read (`axpy4_fetch`). Span
-// 0, rows read in one unbroken stream (dense), are not prefetched and go one at a time: both
-// prefetching them and four interleaved streams made dense slower, in alternating rounds at 1
-// and 2 threads.
+// LONG_ROW floats or more (TEAL's rows: gate and up, 2 d_ff floats; q, k and v) are more than the
+// constant distance, so `Ahead` would fetch three of them just as they are read; they are fetched
+// one group ahead instead, a line of each next row per line read (`axpy4_fetch`). With this and
+// the input-major layout (`linear_t_into`), TEAL's gate and up at half ran 1.35 times as fast as
+// before at 1 thread and 1.2 times at 2 (alternating rounds on the real weights, a script not
+// kept in the repository); rows of 576 floats gained nothing in a standalone loop. Span 0, rows
+// read in one unbroken stream (dense), are not prefetched and go one at a time: both prefetching
+// them and four interleaved streams made dense slower, in alternating rounds at 1 and 2 threads.
 constexpr int64_t LONG_ROW = 768;
 
 template <class Block, class Coef, class RowPtr>
@@ -460,11 +463,10 @@ torch::Tensor mlp_router_experts(torch::Tensor records, torch::Tensor x, int64_t
 // stacked matrix; gate and up), wt = W^T (in, out) (`kernels.input_major`): channel j's weights
 // are one contiguous row. A channel reads the part of its row that its kept segments cover, as
 // one piece per run of consecutive kept segments: where the segments share a threshold (q, k, v
-// and gate, up unless TEAL's greedy allocation parts them), a kept channel is one unbroken row
-// (about 2.8 times as fast for k and v at 1 thread than a row per segment, `benchmarks/probes.py
-// linear-t`). The pieces are grouped by run; all groups' pieces split among tasks by their floats
-// in one parallel region (a region per group cost more than the skipped bytes saved on q/k/v at
-// 2 threads).
+// and gate, up unless TEAL's greedy allocation parts them), a kept channel is one unbroken row,
+// long enough to be fetched a group ahead (`sum_range`). The pieces are grouped by run; all
+// groups' pieces split among tasks by their floats in one parallel region (a region per segment
+// cost more than the skipped bytes saved on q/k/v at 2 threads).
 void linear_t_into(const float* wt, int64_t in, int64_t out, const float* x, const std::vector<int64_t>& bounds,
                    const std::vector<float>& th, float* y) {
   const int64_t S = th.size();
@@ -572,7 +574,7 @@ void rms_norm(const float* x, const float* w, double eps, int64_t d, float* y) {
   for (int64_t j = 0; j < d; ++j) y[j] = x[j] * r * w[j];
 }
 
-// y = W x: W (out, in) read row by row when `thresholds` is empty (dense), else W segment-major with
+// y = W x: W (out, in) read row by row when `thresholds` is empty (dense), else W^T (in, out) with
 // input channels below their segment's threshold skipped (TEAL, `linear_t_into`).
 void product(const torch::Tensor& w, const float* x, int64_t in, int64_t out, const std::vector<int64_t>& bounds,
              const std::vector<double>& thresholds, float* y) {
