@@ -90,30 +90,35 @@ MOYU_CLONES void axpy(float a, const float* __restrict w, float* __restrict y, i
   for (; j < n; ++j) y[j] += a * w[j];
 }
 
-// y += a[0] w[0] + a[1] w[1] + a[2] w[2] + a[3] w[3]: one pass over y for four rows.
-MOYU_CLONES void axpy4(const float* a, const float* const* w, float* __restrict y, int64_t n) {
+// y += a[0] w[0] + a[1] w[1] + a[2] w[2] + a[3] w[3]: one pass over y for four rows; with Fetch,
+// the rows `next` are prefetched into L2 as it goes, a line of each per line of its own rows.
+template <bool Fetch>
+inline __attribute__((always_inline)) void axpy4_body(const float* a, const float* const* w, const float* const* next,
+                                                      float* __restrict y, int64_t n) {
   const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
-  int64_t j = 0;
-  for (; j + W <= n; j += W)
-    store(y + j, load(y + j) + a[0] * load(w0 + j) + a[1] * load(w1 + j) + a[2] * load(w2 + j) + a[3] * load(w3 + j));
-  for (; j < n; ++j) y[j] += a[0] * w0[j] + a[1] * w1[j] + a[2] * w2[j] + a[3] * w3[j];
-}
-
-// axpy4 that also prefetches the rows `next` (the next four rows to be read) into L2, a line of
-// each per line of its own rows: a prefetch distance of one group, spread over the group.
-MOYU_CLONES void axpy4_fetch(const float* a, const float* const* w, const float* const* next, float* __restrict y,
-                             int64_t n) {
-  const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
-  const float *n0 = next[0], *n1 = next[1], *n2 = next[2], *n3 = next[3];
+  const float *n0 = Fetch ? next[0] : nullptr, *n1 = Fetch ? next[1] : nullptr, *n2 = Fetch ? next[2] : nullptr,
+              *n3 = Fetch ? next[3] : nullptr;
   int64_t j = 0;
   for (; j + W <= n; j += W) {
-    __builtin_prefetch(n0 + j, 0, 1);
-    __builtin_prefetch(n1 + j, 0, 1);
-    __builtin_prefetch(n2 + j, 0, 1);
-    __builtin_prefetch(n3 + j, 0, 1);
+    if (Fetch) {
+      __builtin_prefetch(n0 + j, 0, 1);
+      __builtin_prefetch(n1 + j, 0, 1);
+      __builtin_prefetch(n2 + j, 0, 1);
+      __builtin_prefetch(n3 + j, 0, 1);
+    }
     store(y + j, load(y + j) + a[0] * load(w0 + j) + a[1] * load(w1 + j) + a[2] * load(w2 + j) + a[3] * load(w3 + j));
   }
   for (; j < n; ++j) y[j] += a[0] * w0[j] + a[1] * w1[j] + a[2] * w2[j] + a[3] * w3[j];
+}
+
+MOYU_CLONES void axpy4(const float* a, const float* const* w, float* __restrict y, int64_t n) {
+  axpy4_body<false>(a, w, nullptr, y, n);
+}
+
+// axpy4 prefetching the next four rows to be read: a prefetch distance of one group, spread over it.
+MOYU_CLONES void axpy4_fetch(const float* a, const float* const* w, const float* const* next, float* __restrict y,
+                             int64_t n) {
+  axpy4_body<true>(a, w, next, y, n);
 }
 
 // ---- tasks ------------------------------------------------------------------------------------
