@@ -1,5 +1,6 @@
-"""Decode speed: dense and method alternating in one process (A B A B ...), the median of the
-per-pair ratios of the median decode step (`decode.compare_speed`), at 1 and 2 threads, beside
+"""Decode speed: dense and method alternating in one process, the median of the per-pair ratios of
+the median decode step (`decode.compare_speed`: an executed method on a Llama-architecture model
+decodes in turn with dense, step for step, `decode.in_turn`), at 1 and 2 threads, beside
 each method's ceiling 1 / (1 - s (1 - k)) (s: the bytes its kind can skip, `decode.ceiling`) and
 the fraction of that ceiling it reaches.
 

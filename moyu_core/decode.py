@@ -180,23 +180,35 @@ def swapped_mlps(lm, make_mlp):
                 setattr(layer, attr, mlp)
 
 
+def method_kernels(lm, method: Method) -> list[Kernel]:
+    """Every layer's kernel of a per-token method (`EXECUTED`)."""
+    kind, build = activation(lm), EXECUTED[method.name]
+    return [build(lm, i, method, kind) for i in range(lm.n_layers)]
+
+
+def sliced_kernels(lm, keep_idx: list[torch.Tensor]) -> list[Kernel]:
+    """Every layer's dense kernel over neurons keep_idx[layer] only, copied out of the stream
+    layout (the slicing a sequence-level method pays once per prompt)."""
+    kind, run = activation(lm), kernels.ops().mlp_dense
+
+    def make(i):
+        gu, dt = kernels.stream_layout(lm, i)
+        gu_k, dt_k = kernels.hugepage_rows(gu, keep_idx[i]), kernels.hugepage_rows(dt, keep_idx[i])
+        return lambda x: run(gu_k, dt_k, x, kind)
+    return [make(i) for i in range(lm.n_layers)]
+
+
 def kernel_mlps(lm, method: Method):
     """Context: every layer's MLP runs the method's kernel (built before the swap)."""
-    kind, build = activation(lm), EXECUTED[method.name]
-    runs = [build(lm, i, method, kind) for i in range(lm.n_layers)]
+    runs = method_kernels(lm, method)
     return swapped_mlps(lm, lambda i, mlp: KernelMLP(mlp, runs[i]))
 
 
 def sliced_mlps(lm, keep_idx: list[torch.Tensor]):
-    """Context: every layer's MLP restricted to neurons keep_idx[layer], copied out of the stream
-    layout on entry (the slicing a sequence-level method pays once per prompt)."""
-    kind, run = activation(lm), kernels.ops().mlp_dense
-
-    def make_mlp(i, mlp):
-        gu, dt = kernels.stream_layout(lm, i)
-        gu_k, dt_k = kernels.hugepage_rows(gu, keep_idx[i]), kernels.hugepage_rows(dt, keep_idx[i])
-        return KernelMLP(mlp, lambda x: run(gu_k, dt_k, x, kind))
-    return swapped_mlps(lm, make_mlp)
+    """Context: every layer's MLP restricted to neurons keep_idx[layer] (`sliced_kernels`, built
+    on entry)."""
+    runs = sliced_kernels(lm, keep_idx)
+    return swapped_mlps(lm, lambda i, mlp: KernelMLP(mlp, runs[i]))
 
 
 def _layouts(lm, method: Method) -> None:
@@ -283,21 +295,14 @@ def generate(lm, text: str | list[int], method: Method | None = None, max_new_to
     neurons of a sequence-level method; ~0 for the others), decode_tokens_per_s, decode_cpu_ms,
     decode_step_ms_median (the median decode step), label ('executed' | 'simulated')."""
     method = method or make("dense")
-    if not 1 <= int(max_new_tokens) <= 4096:
-        raise MoyuError(f"max_new_tokens must be in [1, 4096], got {max_new_tokens}")
-    ids = lm.encode(text) if isinstance(text, str) else list(lm.bos_ids) + list(text)
+    _check_new_tokens(max_new_tokens)
+    ids = _ids(lm, text)
     prepare(lm, method)
     state: dict[int, torch.Tensor] = {}
-
-    def prompt_ctx():   # sequence-level methods decide their neurons on the dense prompt
-        def fn(i, z, gate, x):
-            state[i] = method.select(i, z[0].detach(), gate, lm, x)[-1].nonzero()[:, 0]
-        return method_intervention(lm, fn)
-
     run = executed and executed_path(lm, method)
     if run:
         _layouts(lm, method)
-    seq_ctx = prompt_ctx if method.sequence_level else None
+    seq_ctx = (lambda: _prompt_neurons(lm, method, state)) if method.sequence_level else None
     if method.name == "dense":
         label, args = "executed", (None, (lambda: kernel_mlps(lm, method)) if run else None, None, True)
     elif not run:
@@ -309,38 +314,108 @@ def generate(lm, text: str | list[int], method: Method | None = None, max_new_to
     elif method.sequence_level:
         label, args = "executed", (seq_ctx, lambda: sliced_mlps(lm, [state[i] for i in range(lm.n_layers)]), None, True)
     else:
-        linears = None
-        if method.skips == "all_linear":
-            linears = llama_step.InputSparseLinears(lm, [method.layer_thresholds(i, lm) for i in range(lm.n_layers)])
-        label, args = "executed", (None, lambda: kernel_mlps(lm, method), linears, True)
+        label, args = "executed", (None, lambda: kernel_mlps(lm, method), _sparse_linears(lm, method), True)
     toks, pre, setup, dt, cpu, steps = _loop(lm, ids, max_new_tokens, *args)
+    return _result(lm, method, toks, pre, setup, dt, cpu, steps, label)
+
+
+def _check_new_tokens(n) -> None:
+    if not 1 <= int(n) <= 4096:
+        raise MoyuError(f"max_new_tokens must be in [1, 4096], got {n}")
+
+
+def _ids(lm, text: str | list[int]) -> list[int]:
+    return lm.encode(text) if isinstance(text, str) else list(lm.bos_ids) + list(text)
+
+
+def _prompt_neurons(lm, method: Method, state: dict):
+    """Context for the dense prompt of a sequence-level method: state[layer] = the neurons it
+    keeps, decided on the prompt's last position."""
+    def fn(i, z, gate, x):
+        state[i] = method.select(i, z[0].detach(), gate, lm, x)[-1].nonzero()[:, 0]
+    return method_intervention(lm, fn)
+
+
+def _sparse_linears(lm, method: Method):
+    """TEAL executed: the attention products skipping input channels; None for MLP-only methods."""
+    if method.skips != "all_linear":
+        return None
+    return llama_step.InputSparseLinears(lm, [method.layer_thresholds(i, lm) for i in range(lm.n_layers)])
+
+
+def _result(lm, method: Method, toks, prefill, setup, dt, cpu, steps, label) -> dict:
+    """`generate`'s result from a decode's tokens and timings (s)."""
     return {"method": method.name, "params": dataclasses.asdict(method.params),
             "keep": getattr(method.params, "keep", None),
             "text": lm.tokenizer.decode(toks), "tokens": toks, "n_tokens": len(toks),
-            "prefill_ms": pre * 1000, "slice_ms": setup * 1000,
+            "prefill_ms": prefill * 1000, "slice_ms": setup * 1000,
             "decode_tokens_per_s": (len(toks) - 1) / dt if dt > 0 else float("nan"),
             "decode_cpu_ms": cpu * 1000,
             "decode_step_ms_median": statistics.median(steps) * 1000 if steps else float("nan"), "label": label}
 
 
+@torch.inference_mode()
+def in_turn(lm, text: str | list[int], method: Method, max_new_tokens: int) -> tuple[dict, dict]:
+    """Dense and an executed method decoding one prompt in turn, step by step: one dense prefill
+    (a sequence-level method decides its neurons on it), then two decoders with their own KV
+    caches (`llama_step.LlamaDecoder` with each side's kernels) taking steps alternately, the one
+    that goes first swapped every step. Both sides thus meet the same state of this shared machine,
+    which a whole decode of one side and then the other does not. Llama-architecture models with
+    an executed path only. -> (dense, method) results as `generate` returns them (decode time:
+    the sum of the steps)."""
+    _check_new_tokens(max_new_tokens)
+    dense = make("dense")
+    ids = _ids(lm, text)
+    prepare(lm, method)
+    _layouts(lm, method)
+    state: dict[int, torch.Tensor] = {}
+    runs = None if method.sequence_level else method_kernels(lm, method)
+    with lm.lock, fused_attention(lm):
+        t0 = time.perf_counter()
+        with _prompt_neurons(lm, method, state) if method.sequence_level else nullcontext():
+            out = lm.model(torch.tensor([ids]), use_cache=True)
+        prefill, tok = time.perf_counter() - t0, int(out.logits[0, -1].argmax())
+        setup = 0.0
+        if method.sequence_level:   # the slicing, timed as in `generate`
+            t1 = time.perf_counter()
+            runs = sliced_kernels(lm, [state[i] for i in range(lm.n_layers)])
+            setup = time.perf_counter() - t1
+        decs = [llama_step.LlamaDecoder(lm, out.past_key_values, len(ids), max_new_tokens, None,
+                                        method_kernels(lm, dense)),
+                llama_step.LlamaDecoder(lm, out.past_key_values, len(ids), max_new_tokens,
+                                        _sparse_linears(lm, method), runs)]
+        toks, steps, cpu = [[tok], [tok]], [[], []], [0.0, 0.0]
+        for t in range(max_new_tokens - 1):
+            for k in ((0, 1) if t % 2 == 0 else (1, 0)):
+                a, c = time.perf_counter(), time.process_time()
+                toks[k].append(int(decs[k].step(toks[k][-1]).argmax()))
+                steps[k].append(time.perf_counter() - a)
+                cpu[k] += time.process_time() - c
+    return (_result(lm, dense, toks[0], prefill, 0.0, sum(steps[0]), cpu[0], steps[0], "executed"),
+            _result(lm, method, toks[1], prefill, setup, sum(steps[1]), cpu[1], steps[1], "executed"))
+
+
 def compare_speed(lm, text: str | list[int], method: Method, max_new_tokens: int = 32, pairs: int = 3,
                   executed: bool = True) -> dict:
-    """Dense and the method alternating in one process (A B A B ...), `pairs` times after one
-    short warm-up pair (the speed protocol). A pair's ratio is dense's median decode step over the
-    method's: on this shared machine a stall of the whole VM lands in single steps, and a median
-    step ignores it where a side's total time does not (three runs of `benchmarks/decode_speed.py
-    --method teal --keep 0.5 --threads 2 --pairs 15`: 1.41, 1.42, 1.44 from median steps, 1.34,
-    1.43, 1.44 from decode tokens/s). Returns
+    """Dense and the method alternating in one process, `pairs` times after one short warm-up pair
+    (the speed protocol). Where the method is executed on a Llama-architecture model, a pair is
+    `in_turn`: both decode together, step for step; else a whole decode of each, one after the
+    other. A pair's ratio is dense's median decode step over the method's: on this shared machine a
+    stall of the whole VM lands in single steps, and a median step ignores it where a side's total
+    time does not. Returns
     speedup_median (the median of the ratios), ratios, throughput_ratios (decode tokens/s, the same
     pairs), cpu_ratio_median (from decode CPU time: on one thread a check that is robust to a busy
     machine), label, and the last pair's results."""
-    dense = make("dense")
-    generate(lm, text, dense, 4)
-    generate(lm, text, method, 4, executed=executed)
+    if executed and executed_path(lm, method) and llama_step.supported(lm):
+        def pair(n):
+            return in_turn(lm, text, method, n)
+    else:
+        def pair(n):
+            return generate(lm, text, make("dense"), n), generate(lm, text, method, n, executed=executed)
+    pair(4)
     ratios, thr, cpu, d, r = [], [], [], None, None
     for _ in range(max(1, int(pairs))):
-        d = generate(lm, text, dense, max_new_tokens)
-        r = generate(lm, text, method, max_new_tokens, executed=executed)
+        d, r = pair(max_new_tokens)
         ratios.append(d["decode_step_ms_median"] / r["decode_step_ms_median"])
         thr.append(r["decode_tokens_per_s"] / d["decode_tokens_per_s"])
         cpu.append(d["decode_cpu_ms"] / max(r["decode_cpu_ms"], 1e-9))

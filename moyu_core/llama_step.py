@@ -129,12 +129,17 @@ class InputMaskedLinears(DenseLinears):
 
 class LlamaDecoder:
     """Holds the KV cache of one sequence: built from transformers' cache after a prefill of
-    `n_prompt` tokens, with room for `n_new` more; `step(token)` returns the next logits (vocab,)."""
+    `n_prompt` tokens, with room for `n_new` more; `step(token)` returns the next logits (vocab,).
+    `mlps`, one kernel per layer (one token's MLP input (d,) -> its output (d,)), run instead of
+    `layer.mlp`: two decoders with different MLPs can then step in turn on one model
+    (`decode.compare_speed`)."""
 
-    def __init__(self, lm, past, n_prompt: int, n_new: int, linears: DenseLinears | None = None):
+    def __init__(self, lm, past, n_prompt: int, n_new: int, linears: DenseLinears | None = None,
+                 mlps: list | None = None):
         cfg = lm.model.config
         self.lm, self.body, self.pos = lm, lm.body, n_prompt
         self.linears = linears or DenseLinears(lm)
+        self.mlps = mlps
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.k, self.v = [], []        # per layer (positions, n_kv, hd)
@@ -184,22 +189,29 @@ class LlamaDecoder:
             w = torch.softmax(torch.bmm(q, keys.transpose(1, 2)), -1)                 # (nkv, g, p+1)
             o = torch.bmm(w, values).reshape(nh * hd)
             h = h + self.linears.o(i, o).view(1, 1, -1)
-            h = h + layer.mlp(_norm(layer.post_attention_layernorm, h))
+            h = h + self._mlp(i, _norm(layer.post_attention_layernorm, h))
         self.pos = p + 1
         return self.linears.head(_norm(self.body.norm, h).view(-1))
 
     def _fused_step(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The step with each layer's attention half in one kernel call (`llama_attention`) and
-        its MLP through `layer.mlp` as before (swapped or hooked MLPs run as they are)."""
+        its MLP through `layer.mlp` as before (swapped or hooked MLPs run as they are), or its
+        kernel in `mlps`."""
         attention, p = kernels.ops().llama_attention, self.pos
         nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         for i, layer in enumerate(self.body.layers):
             n1, e1, w_qkv, bounds, t_qkv, w_o, t_o, n2, e2, scaling = self.fused[i]
             h, x = attention(h, n1, e1, w_qkv, bounds, t_qkv, cos, sin, self.k[i], self.v[i], p, nh, nkv, hd,
                              scaling, w_o, t_o, n2, e2)
-            h = h + layer.mlp(x.view(1, 1, -1)).view(-1)
+            h = h + self._mlp(i, x.view(1, 1, -1)).view(-1)
         self.pos = p + 1
         return self.linears.head(_norm(self.body.norm, h.view(1, 1, -1)).view(-1))
+
+    def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Layer i's MLP on x (1, 1, d): its kernel in `mlps`, else `layer.mlp`."""
+        if self.mlps is None:
+            return self.body.layers[i].mlp(x)
+        return self.mlps[i](x.reshape(-1)).view(1, 1, -1)
 
 
 def _norm(rms, h: torch.Tensor) -> torch.Tensor:

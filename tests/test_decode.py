@@ -68,6 +68,26 @@ def test_compare_speed_reports_the_median_of_alternating_pairs(lm):
     assert r["label"] == "executed" and r["method"]["method"] == "griffin"
 
 
+def test_in_turn_decodes_each_side_as_generate_does(lm):
+    """Two decoders stepping in turn (the speed protocol's pairs) give each side the tokens of its
+    own decode: dense, a per-token method, a sequence-level one and teal (its own attention
+    products); the model's MLPs are left as they were."""
+    from moyu_core.decode import compare_speed, in_turn
+
+    mlps = [layer.mlp for layer in lm.layers]
+    for m in (make("cats", keep=0.5), make("griffin", keep=0.5), make("teal", keep=0.5)):
+        d, r = in_turn(lm, TEXT, m, 6)
+        assert d["tokens"] == generate(lm, TEXT, make("dense"), 6)["tokens"]
+        assert r["tokens"] == generate(lm, TEXT, m, 6)["tokens"], m.name
+        assert r["label"] == "executed" and r["method"] == m.name and len(r["tokens"]) == 6
+        assert (r["slice_ms"] > 0) == m.sequence_level
+    assert [layer.mlp for layer in lm.layers] == mlps and hook_count(lm.model) == 0
+    import pytest
+    from moyu_core.errors import MoyuError
+    with pytest.raises(MoyuError, match="max_new_tokens"):
+        compare_speed(lm, TEXT, make("cats", keep=0.5), max_new_tokens=0)
+
+
 def test_mlps_restored_when_a_method_raises(lm):
     from moyu_core.errors import MoyuError
     from moyu_core.methods.base import Method
