@@ -364,6 +364,8 @@ def in_turn(lm, text: str | list[int], method: Method, max_new_tokens: int) -> t
     an executed path only. -> (dense, method) results as `generate` returns them (decode time:
     the sum of the steps)."""
     _check_new_tokens(max_new_tokens)
+    if not (executed_path(lm, method) and llama_step.supported(lm)):
+        raise MoyuError(f"{method.name} on {lm.name}: decoding in turn needs an executed path and a Llama model")
     dense = make("dense")
     ids = _ids(lm, text)
     prepare(lm, method)

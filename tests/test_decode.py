@@ -86,6 +86,15 @@ def test_in_turn_decodes_each_side_as_generate_does(lm):
     from moyu_core.errors import MoyuError
     with pytest.raises(MoyuError, match="max_new_tokens"):
         compare_speed(lm, TEXT, make("cats", keep=0.5), max_new_tokens=0)
+    from moyu_core.methods.base import Method
+
+    class NoKernel(Method):   # a method without an executed path
+        name = "no-kernel"
+
+        def select(self, layer, z, gate, lm, x=None):
+            return z.abs() > 0
+    with pytest.raises(MoyuError, match="in turn"):
+        in_turn(lm, TEXT, NoKernel(make("oracle").params), 4)
 
 
 def test_mlps_restored_when_a_method_raises(lm):
