@@ -198,17 +198,20 @@ def sliced_kernels(lm, keep_idx: list[torch.Tensor]) -> list[Kernel]:
     return [make(i) for i in range(lm.n_layers)]
 
 
+def _kernel_mlps(lm, runs: list[Kernel]):
+    """Context: layer i's MLP runs runs[i] (a `KernelMLP`)."""
+    return swapped_mlps(lm, lambda i, mlp: KernelMLP(mlp, runs[i]))
+
+
 def kernel_mlps(lm, method: Method):
     """Context: every layer's MLP runs the method's kernel (built before the swap)."""
-    runs = method_kernels(lm, method)
-    return swapped_mlps(lm, lambda i, mlp: KernelMLP(mlp, runs[i]))
+    return _kernel_mlps(lm, method_kernels(lm, method))
 
 
 def sliced_mlps(lm, keep_idx: list[torch.Tensor]):
-    """Context: every layer's MLP restricted to neurons keep_idx[layer] (`sliced_kernels`, built
-    on entry)."""
-    runs = sliced_kernels(lm, keep_idx)
-    return swapped_mlps(lm, lambda i, mlp: KernelMLP(mlp, runs[i]))
+    """Context: every layer's MLP restricted to neurons keep_idx[layer] (`sliced_kernels`, copied
+    when this is called: `generate` times it as the slicing)."""
+    return _kernel_mlps(lm, sliced_kernels(lm, keep_idx))
 
 
 def _layouts(lm, method: Method) -> None:

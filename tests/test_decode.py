@@ -1,9 +1,12 @@
 """Decode: sliced griffin gives the same tokens as masked griffin; dense loop matches HF generate."""
+import pytest
 import torch
 
 from moyu_core.decode import generate
+from moyu_core.errors import MoyuError
 from moyu_core.hooks import hook_count
 from moyu_core.methods import make
+from moyu_core.methods.base import Method
 
 TEXT = "The history of the Roman empire begins"
 
@@ -82,11 +85,8 @@ def test_in_turn_decodes_each_side_as_generate_does(lm):
         assert r["label"] == "executed" and r["method"] == m.name and len(r["tokens"]) == 6
         assert (r["slice_ms"] > 0) == m.sequence_level
     assert [layer.mlp for layer in lm.layers] == mlps and hook_count(lm.model) == 0
-    import pytest
-    from moyu_core.errors import MoyuError
     with pytest.raises(MoyuError, match="max_new_tokens"):
         compare_speed(lm, TEXT, make("cats", keep=0.5), max_new_tokens=0)
-    from moyu_core.methods.base import Method
 
     class NoKernel(Method):   # a method without an executed path
         name = "no-kernel"
@@ -98,8 +98,6 @@ def test_in_turn_decodes_each_side_as_generate_does(lm):
 
 
 def test_mlps_restored_when_a_method_raises(lm):
-    from moyu_core.errors import MoyuError
-    from moyu_core.methods.base import Method
 
     class Boom(Method):
         name = "boom"
@@ -108,7 +106,6 @@ def test_mlps_restored_when_a_method_raises(lm):
             raise MoyuError("boom")
 
     mlps = [layer.mlp for layer in lm.layers]
-    import pytest
     with pytest.raises(MoyuError):
         generate(lm, TEXT, Boom(make("oracle").params), max_new_tokens=3, executed=True)
     assert [layer.mlp for layer in lm.layers] == mlps and hook_count(lm.model) == 0
