@@ -284,9 +284,28 @@ std::vector<int64_t> top_k(const float* s, int64_t n, int64_t k) {
   std::vector<uint32_t> keys(n), cand(n), count(moyu::RADIX_BUCKETS);
   for (int64_t i = 0; i < n; ++i) keys[i] = moyu::order_key(s[i]);
   auto [kth, ties, equal] = moyu::kth_largest(keys.data(), n, k, cand.data(), count.data());
-  kept.reserve(k);
-  for (int64_t i = 0; i < n; ++i)
-    if (keys[i] > kth || (keys[i] == kth && ties-- > 0)) kept.push_back(i);
+  kept.resize(n);
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) {   // branch-free, as in `at_least`
+    const bool tie = keys[i] == kth && ties > 0;
+    ties -= tie;
+    kept[c] = i;
+    c += keys[i] > kth || tie;
+  }
+  kept.resize(c);
+  return kept;
+}
+
+// Indices i (ascending) with |v_i| * scale_i >= t (scale null: 1). Branch-free: about half pass,
+// in an order no branch predictor learns, and a mispredicted branch each cost more than the test.
+std::vector<int64_t> at_least(const float* v, const float* scale, int64_t n, float t) {
+  std::vector<int64_t> kept(n);
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    kept[c] = i;
+    c += std::fabs(v[i]) * (scale ? scale[i] : 1.f) >= t;
+  }
+  kept.resize(c);
   return kept;
 }
 
@@ -362,12 +381,7 @@ torch::Tensor mlp_z_threshold(torch::Tensor gu, torch::Tensor dt, torch::Tensor 
   const int64_t n = rows_of(dt), d = x.numel();
   const float* sp = scale.numel() ? vec(scale, n, "scale") : nullptr;
   const auto z = z_all(mat(gu, "gu", 2 * n, d), n, d, vec(x, d, "x"), kind);
-  const float th = static_cast<float>(t);
-  std::vector<int64_t> kept;
-  kept.reserve(n);
-  for (int64_t i = 0; i < n; ++i)
-    if (std::fabs(z[i]) * (sp ? sp[i] : 1.f) >= th) kept.push_back(i);
-  return down_rows(mat(dt, "dt", n, d), d, z, kept);
+  return down_rows(mat(dt, "dt", n, d), d, z, at_least(z.data(), sp, n, static_cast<float>(t)));
 }
 
 // The k neurons of largest |z| (oracle).
@@ -400,12 +414,7 @@ torch::Tensor mlp_gate_threshold(torch::Tensor g, torch::Tensor ud, torch::Tenso
   const int64_t n = rows_of(g), d = x.numel();
   const float* xp = vec(x, d, "x");
   const auto a = gate_all(mat(g, "g", n, d), n, d, xp, kind);
-  const float th = static_cast<float>(t);
-  std::vector<int64_t> kept;
-  kept.reserve(n);
-  for (int64_t i = 0; i < n; ++i)
-    if (std::fabs(a[i]) >= th) kept.push_back(i);
-  return up_down_rows(mat(ud, "ud", 2 * n, d), d, xp, a, kept);
+  return up_down_rows(mat(ud, "ud", 2 * n, d), d, xp, a, at_least(a.data(), nullptr, n, static_cast<float>(t)));
 }
 
 // Experts scored by the sum of |act(gate)| over their neurons, the k best kept (moe-oracle).
@@ -475,28 +484,41 @@ torch::Tensor mlp_router_experts(torch::Tensor records, torch::Tensor x, int64_t
 void linear_t_into(const float* wt, int64_t in, int64_t out, const float* x, const std::vector<int64_t>& bounds,
                    const std::vector<float>& th, float* y) {
   const int64_t S = th.size();
-  // group (a, b): the channels whose kept segments include the run a..b, bounded by dropped ones
-  std::vector<std::vector<int64_t>> rows(S * S);
-  for (int64_t j = 0; j < in; ++j) {
-    const float v = std::fabs(x[j]);
-    for (int64_t a = 0; a < S;) {
-      if (v < th[a]) { ++a; continue; }
-      int64_t b = a;
-      while (b + 1 < S && v >= th[b + 1]) ++b;
-      rows[a * S + b].push_back(j);
-      a = b + 1;
+  // group g = (a, b) = a * S + b: the channels whose kept segments include the run a..b, bounded
+  // by dropped ones; each group's channels ascending, one group after another in `kept`
+  std::vector<int64_t> kept(in * ((S + 1) / 2)), gid, first(1, 0), floats(1, 0);
+  auto add_group = [&](int64_t g, int64_t end) {
+    gid.push_back(g);
+    first.push_back(end);
+    floats.push_back(floats.back() + (end - first[first.size() - 2]) * (bounds[g % S + 1] - bounds[g / S]));
+  };
+  if (std::all_of(th.begin(), th.end(), [&](float t) { return t == th[0]; })) {
+    // one threshold (TEAL's uniform sparsity): a kept channel is one unbroken row, group (0, S - 1);
+    // branch-free, as half the channels are kept in no predictable order
+    int64_t c = 0;
+    for (int64_t j = 0; j < in; ++j) {
+      kept[c] = j;
+      c += !(std::fabs(x[j]) < th[0]);   // NaN kept: its row makes the output NaN, as the masked product
+    }
+    if (c > 0) add_group(S - 1, c);
+  } else {
+    std::vector<std::vector<int64_t>> rows(S * S);
+    for (int64_t j = 0; j < in; ++j) {
+      const float v = std::fabs(x[j]);
+      for (int64_t a = 0; a < S;) {
+        if (v < th[a]) { ++a; continue; }
+        int64_t b = a;
+        while (b + 1 < S && !(v < th[b + 1])) ++b;
+        rows[a * S + b].push_back(j);
+        a = b + 1;
+      }
+    }
+    for (int64_t g = 0; g < S * S; ++g) {
+      if (rows[g].empty()) continue;
+      std::copy(rows[g].begin(), rows[g].end(), kept.begin() + first.back());
+      add_group(g, first.back() + rows[g].size());
     }
   }
-  std::vector<int64_t> gid, first(1, 0), floats(1, 0);   // the non-empty groups, their pieces one after another
-  for (int64_t g = 0; g < S * S; ++g) {
-    if (rows[g].empty()) continue;
-    gid.push_back(g);
-    first.push_back(first.back() + rows[g].size());
-    floats.push_back(floats.back() + int64_t(rows[g].size()) * (bounds[g % S + 1] - bounds[g / S]));
-  }
-  std::vector<int64_t> kept;   // every group's channels, one group after another
-  kept.reserve(first.back());
-  for (int64_t g : gid) kept.insert(kept.end(), rows[g].begin(), rows[g].end());
   const int64_t G = gid.size(), tasks = task_count(floats.back(), 64 * 576);
   auto piece_at = [&](int64_t f) {   // the first piece at or after float f of the whole work
     const int64_t g = std::upper_bound(floats.begin(), floats.end(), f) - floats.begin() - 1;
@@ -549,12 +571,7 @@ torch::Tensor teal_mlp(torch::Tensor gut, torch::Tensor dt, torch::Tensor x, int
   run_tasks(tasks, [&](int64_t t) {
     for (int64_t i = split(n, tasks, t); i < split(n, tasks, t + 1); ++i) z[i] = act(gu[i], kind) * gu[n + i];
   });
-  std::vector<int64_t> kept;
-  kept.reserve(n);
-  const float th = static_cast<float>(t_down);
-  for (int64_t i = 0; i < n; ++i)
-    if (std::fabs(z[i]) >= th) kept.push_back(i);
-  return down_rows(mat(dt, "dt", n, d), d, z, kept);
+  return down_rows(mat(dt, "dt", n, d), d, z, at_least(z.data(), nullptr, n, static_cast<float>(t_down)));
 }
 
 // ---- dense -----------------------------------------------------------------------------------------
