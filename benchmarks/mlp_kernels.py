@@ -43,15 +43,14 @@ def cases(lm) -> dict[str, tuple[float, list]]:
         g_t.append(float(gate.abs().median()))
         x_t.append(float(xs[i].abs().median()))
     r = max(1, round(0.05 * 3 * D * d / (d + D)))   # a router of about 5% of the MLP
-    w1 = [torch.randn(r, d, generator=g) for _ in range(L)]
-    w2 = [torch.randn(r, D, generator=g) for _ in range(L)]   # transposed, as the kernel takes it
+    router = [kernels.router_blocks(torch.randn(r, d, generator=g), torch.randn(D, r, generator=g)) for _ in range(L)]
     return {
         "dense": (1.0, [lambda i=i: ops.mlp_dense(st[i][0], st[i][1], xs[i], kind) for i in range(L)]),
         "z threshold (tda)": (5 / 6, [lambda i=i: ops.mlp_z_threshold(st[i][0], st[i][1], xs[i], kind, z_t[i], none)
                                       for i in range(L)]),
         "gate threshold (cats)": (2 / 3, [lambda i=i: ops.mlp_gate_threshold(gl[i][0], gl[i][1], xs[i], kind, g_t[i])
                                           for i in range(L)]),
-        "router top-k (dejavu)": (0.5, [lambda i=i: ops.mlp_router_topk(rc[i], xs[i], kind, w1[i], w2[i], D // 2)
+        "router top-k (dejavu)": (0.5, [lambda i=i: ops.mlp_router_topk(rc[i], xs[i], kind, router[i], D // 2)
                                         for i in range(L)]),
         "input channels (teal)": (0.5, [lambda i=i: ops.teal_mlp(tl[i], st[i][1], xs[i], kind, x_t[i], x_t[i], z_t[i])
                                         for i in range(L)]),

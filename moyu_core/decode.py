@@ -130,10 +130,9 @@ def _dejavu(lm, i, method, kind) -> Kernel:
         return _dense(lm, i, method, kind)
     router = method.resource(lm, "router")
     rec = kernels.records(lm, i)
-    w1 = lm.derived((i, "kernels.router1", id(router)), lambda: kernels.hugepage(router.w1[i].float()))
-    w2 = lm.derived((i, "kernels.router2t", id(router)), lambda: kernels.hugepage(router.w2[i].float().T))
+    blocks = lm.derived((i, "kernels.router", id(router)), lambda: kernels.router_blocks(router.w1[i], router.w2[i]))
     k, run = keep_count(lm.d_ff, method.params.keep), kernels.ops().mlp_router_topk
-    return lambda x: run(rec, x, kind, w1, w2, k)
+    return lambda x: run(rec, x, kind, blocks, k)
 
 
 def _teal(lm, i, method, kind) -> Kernel:

@@ -86,7 +86,7 @@ def test_mlp_kernels_equal_masked_dense(n, d, kind, threads):
     w1, w2 = torch.randn(16, d), torch.randn(n, 16)                 # dejavu
     logits = w2 @ (w1 @ x)
     keep_d = torch.zeros(n, dtype=torch.bool).scatter_(0, logits.topk(k).indices, True)
-    _close(K.mlp_router_topk(L["rec"], x, kind, w1, w2.T.contiguous(), k),
+    _close(K.mlp_router_topk(L["rec"], x, kind, kernels.router_blocks(w1, w2), k),
            _masked_mlp(gate, up, down, x, kind, keep_d)[0], scale)
 
     tx, tz = _between(x), _between(z, 0.3)                          # teal

@@ -12,8 +12,8 @@ AVX2+FMA and plain x86-64 and chosen at run time. The kernels run on torch's own
 Each MLP is kept in the layout its access needs (why: `sparse_decode.cpp`), built from the
 weights once per model on first use and kept with it (`LoadedModel.derived`), in 2 MiB-aligned
 memory advised for transparent huge pages: `stream_layout` (dense, z-based), `gate_layout`
-(gate-based), `records` (routers), `teal_layout` and `transposed` (input-channel skipping), `rows`
-(other dense products). On this kind of CPU (2-core AMD EPYC, AVX-512) these kernels read a
+(gate-based), `records` (routers), `router_blocks` (dejavu's router), `teal_layout` and
+`transposed` (input-channel skipping), `rows` (other dense products). On this kind of CPU (2-core AMD EPYC, AVX-512) these kernels read a
 decode step's weights about twice as fast as torch's matrix-vector product, so every executed
 decode, dense included, runs on them.
 """
@@ -150,6 +150,12 @@ def records(lm, i: int) -> torch.Tensor:
         w = lm.mlp_weights(i)
         return hugepage(torch.stack([w.gate, w.up, w.down.T], 1))
     return lm.derived((i, "kernels.records"), build)
+
+
+def router_blocks(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """DejaVu's router w2 (w1 x), w1 (r, d) and w2 (d_ff, r): one block [w1_j; w2[:, j]] per rank j,
+    (r, d + d_ff), so that the router is read as one stream."""
+    return hugepage(torch.cat([w1.float(), w2.float().T], 1))
 
 
 def input_major(w: torch.Tensor) -> torch.Tensor:

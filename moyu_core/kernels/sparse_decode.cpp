@@ -6,6 +6,7 @@
 //   g (n, d) and ud (n, 2, d) [up_i; W_down[:, i]]          gate-based (the gate streams, a kept
 //                                                          neuron's up and down are one block);
 //   records (n, 3, d) [gate_i; up_i; W_down[:, i]]          routers (a kept neuron is one block);
+//   router (r, d + n) [w1_j; w2[:, j]]                     DejaVu's router (one block per rank);
 //   wt = W^T (in, out)                                     input-channel skipping (TEAL): one
 //                                                          row per input channel.
 // Every kernel applies its selection (threshold, top-k, router) itself; the list of kept rows is
@@ -255,8 +256,8 @@ void add_parts(const std::vector<float>& part, int64_t tasks, int64_t d, float* 
 
 template <class Block, class Coef, class RowPtr>
 void sum_rows_into(int64_t K, int64_t d, int64_t span, const Block& block, const Coef& coef, const RowPtr& row,
-                   float* y) {
-  const int64_t tasks = task_count(K, 64);
+                   float* y, int64_t min_per_task = 64) {
+  const int64_t tasks = task_count(K, min_per_task);
   std::vector<float> part(tasks * d, 0.f);
   run_tasks(tasks, [&](int64_t t) {
     sum_range(split(K, tasks, t), split(K, tasks, t + 1), d, span, block, coef, row, part.data() + t * d);
@@ -440,21 +441,21 @@ torch::Tensor record_rows(const float* rec, int64_t d, const float* x, int64_t k
       [&](int64_t q) { return block(q) + 2 * d; });
 }
 
-// DejaVu: logits = w2 (w1 x), the k largest kept. w2 comes transposed, w2t (r, n): the logits
-// are r vector updates of length n (a row of w2 has only r floats, too short for the dot
-// product's 16-float vectors).
-torch::Tensor mlp_router_topk(torch::Tensor records, torch::Tensor x, int64_t kind, torch::Tensor w1,
-                              torch::Tensor w2t, int64_t k) {
-  const int64_t d = x.numel(), r = rows_of(w1), n = w2t.numel() / std::max<int64_t>(1, r);
+// DejaVu: logits = w2 (w1 x), the k largest kept. The router comes as one block per rank j,
+// [w1_j; w2[:, j]] (r, d + n) (`kernels.router_blocks`): h_j = w1_j . x, then h_j w2[:, j] is added
+// to the logits, so the router is one stream of blocks (a row of w2 has only r floats, too short for
+// the dot product's 16-float vectors). Before, as two products over w1 and w2^T, it took about
+// 1.5 times as long per step (ad hoc).
+torch::Tensor mlp_router_topk(torch::Tensor records, torch::Tensor x, int64_t kind, torch::Tensor router, int64_t k) {
+  const int64_t d = x.numel(), n = records.numel() / (3 * std::max<int64_t>(1, d));
+  const int64_t r = router.numel() / std::max<int64_t>(1, d + n);
   const float* xp = vec(x, d, "x");
-  const float *p1 = mat(w1, "w1", r, d), *p2 = mat(w2t, "w2t", r, n);
-  std::vector<float> h(r), logits(n, 0.f);
-  for_rows(p1, d, r, 16, true, [&](int64_t j) { h[j] = dot(p1 + j * d, xp, d); });
-  const int64_t blocks = n / ALIGN, tasks = task_count(blocks, 16);   // columns split on 64-byte boundaries
-  run_tasks(tasks, [&](int64_t t) {
-    const int64_t c0 = split(blocks, tasks, t) * ALIGN, c1 = t + 1 == tasks ? n : split(blocks, tasks, t + 1) * ALIGN;
-    for (int64_t j = 0; j < r; ++j) axpy(h[j], p2 + j * n + c0, logits.data() + c0, c1 - c0);
-  });
+  const float* rp = mat(router, "router", r, d + n);
+  auto block = [&](int64_t j) { return rp + j * (d + n); };
+  std::vector<float> logits(n);
+  sum_rows_into(
+      r, n, d + n, block, [&](int64_t j) { return dot(block(j), xp, d); }, [&](int64_t j) { return block(j) + d; },
+      logits.data(), 16);
   return record_rows(mat(records, "records", 3 * n, d), d, xp, kind, top_k(logits.data(), n, k));
 }
 
