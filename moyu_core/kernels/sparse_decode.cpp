@@ -444,8 +444,9 @@ torch::Tensor record_rows(const float* rec, int64_t d, const float* x, int64_t k
 // DejaVu: logits = w2 (w1 x), the k largest kept. The router comes as one block per rank j,
 // [w1_j; w2[:, j]] (r, d + n) (`kernels.router_blocks`): h_j = w1_j . x, then h_j w2[:, j] is added
 // to the logits, so the router is one stream of blocks (a row of w2 has only r floats, too short for
-// the dot product's 16-float vectors). Before, as two products over w1 and w2^T, it took about
-// 1.5 times as long per step (ad hoc).
+// the dot product's 16-float vectors). As two products (h = w1 x, then the logits from w2^T) it took
+// as long at 1 thread and 1.3 times as long at 2, where it was two parallel regions, not one
+// (ad hoc, alternating on the real router). Streamed without `Ahead` it was slower at 1 thread.
 torch::Tensor mlp_router_topk(torch::Tensor records, torch::Tensor x, int64_t kind, torch::Tensor router, int64_t k) {
   const int64_t d = x.numel(), n = records.numel() / (3 * std::max<int64_t>(1, d));
   const int64_t r = router.numel() / std::max<int64_t>(1, d + n);
