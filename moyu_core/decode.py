@@ -35,7 +35,8 @@ from .methods import REGISTRY, Method, make
 from .models import fused_attention
 from .preparation import prepare
 
-Kernel = Callable[[torch.Tensor], torch.Tensor]   # one token's MLP input (d,) -> MLP output (d,)
+Kernel = Callable[[torch.Tensor], torch.Tensor]   # one token's MLP input (d,) -> MLP output (d,): a bound
+                                                   # kernel (`kernels.ops().Mlp`)
 _NONE = torch.empty(0)
 
 
@@ -72,14 +73,12 @@ def ceiling(lm, name: str, keep: float) -> float | None:
 
 def _dense(lm, i, method, kind) -> Kernel:
     gu, dt = kernels.stream_layout(lm, i)
-    run = kernels.ops().mlp_dense
-    return lambda x: run(gu, dt, x, kind)
+    return kernels.ops().bind_mlp_dense(gu, dt, kind)
 
 
 def _tda(lm, i, method, kind) -> Kernel:
     gu, dt = kernels.stream_layout(lm, i)
-    t, run = method.layer_threshold(i, lm), kernels.ops().mlp_z_threshold
-    return lambda x: run(gu, dt, x, kind, t, _NONE)
+    return kernels.ops().bind_mlp_z_threshold(gu, dt, kind, method.layer_threshold(i, lm), _NONE)
 
 
 def _cett(lm, i, method, kind) -> Kernel:
@@ -87,22 +86,19 @@ def _cett(lm, i, method, kind) -> Kernel:
         return _dense(lm, i, method, kind)
     gu, dt = kernels.stream_layout(lm, i)
     t, scale = method.resource(lm, "thresholds")[i], method.resource(lm, "derived")[i].float().contiguous()
-    run = kernels.ops().mlp_z_threshold
-    return lambda x: run(gu, dt, x, kind, t, scale)
+    return kernels.ops().bind_mlp_z_threshold(gu, dt, kind, t, scale)
 
 
 def _oracle(lm, i, method, kind) -> Kernel:
     gu, dt = kernels.stream_layout(lm, i)
-    k, run = keep_count(lm.d_ff, method.params.keep), kernels.ops().mlp_z_topk
-    return lambda x: run(gu, dt, x, kind, k)
+    return kernels.ops().bind_mlp_z_topk(gu, dt, kind, keep_count(lm.d_ff, method.params.keep))
 
 
 def _cats(lm, i, method, kind) -> Kernel:
     if method.params.keep >= 1.0:
         return _dense(lm, i, method, kind)
     g, ud = kernels.gate_layout(lm, i)
-    t, run = method.resource(lm, "thresholds")[i], kernels.ops().mlp_gate_threshold
-    return lambda x: run(g, ud, x, kind, t)
+    return kernels.ops().bind_mlp_gate_threshold(g, ud, kind, method.resource(lm, "thresholds")[i])
 
 
 def _experts(method, lm, i):
@@ -113,16 +109,16 @@ def _moe_oracle(lm, i, method, kind) -> Kernel:
     if method.params.keep >= 1.0:
         return _dense(lm, i, method, kind)
     g, ud = kernels.gate_layout(lm, i)
-    (ex, k), run = _experts(method, lm, i), kernels.ops().mlp_gate_experts
-    return lambda x: run(g, ud, x, kind, ex.members, k)
+    ex, k = _experts(method, lm, i)
+    return kernels.ops().bind_mlp_gate_experts(g, ud, kind, ex.members, k)
 
 
 def _moe(lm, i, method, kind) -> Kernel:
     if method.params.keep >= 1.0:
         return _dense(lm, i, method, kind)
     rec = kernels.records(lm, i)
-    (ex, k), run = _experts(method, lm, i), kernels.ops().mlp_router_experts
-    return lambda x: run(rec, x, kind, ex.centroids, ex.members, k)
+    ex, k = _experts(method, lm, i)
+    return kernels.ops().bind_mlp_router_experts(rec, kind, ex.centroids, ex.members, k)
 
 
 def _dejavu(lm, i, method, kind) -> Kernel:
@@ -131,15 +127,13 @@ def _dejavu(lm, i, method, kind) -> Kernel:
     router = method.resource(lm, "router")
     rec = kernels.records(lm, i)
     blocks = lm.derived((i, "kernels.router", id(router)), lambda: kernels.router_blocks(router.w1[i], router.w2[i]))
-    k, run = keep_count(lm.d_ff, method.params.keep), kernels.ops().mlp_router_topk
-    return lambda x: run(rec, x, kind, blocks, k)
+    return kernels.ops().bind_mlp_router_topk(rec, kind, blocks, keep_count(lm.d_ff, method.params.keep))
 
 
 def _teal(lm, i, method, kind) -> Kernel:
     t = method.layer_thresholds(i, lm)
     gut, (_, dt) = kernels.teal_layout(lm, i), kernels.stream_layout(lm, i)
-    run = kernels.ops().teal_mlp
-    return lambda x: run(gut, dt, x, kind, t["gate"], t["up"], t["down"])
+    return kernels.ops().bind_teal_mlp(gut, dt, kind, t["gate"], t["up"], t["down"])
 
 
 # the per-token methods with an executed path: name -> kernel(lm, layer, method, activation code)
@@ -188,12 +182,12 @@ def method_kernels(lm, method: Method) -> list[Kernel]:
 def sliced_kernels(lm, keep_idx: list[torch.Tensor]) -> list[Kernel]:
     """Every layer's dense kernel over neurons keep_idx[layer] only, copied out of the stream
     layout (the slicing a sequence-level method pays once per prompt)."""
-    kind, run = activation(lm), kernels.ops().mlp_dense
+    kind = activation(lm)
 
     def make(i):
         gu, dt = kernels.stream_layout(lm, i)
-        gu_k, dt_k = kernels.hugepage_rows(gu, keep_idx[i]), kernels.hugepage_rows(dt, keep_idx[i])
-        return lambda x: run(gu_k, dt_k, x, kind)
+        return kernels.ops().bind_mlp_dense(kernels.hugepage_rows(gu, keep_idx[i]), kernels.hugepage_rows(dt, keep_idx[i]),
+                                            kind)
     return [make(i) for i in range(lm.n_layers)]
 
 

@@ -13,8 +13,9 @@ For float32 weights each layer's attention half (both norms, the q/k/v product, 
 write, attention, the o product and the residual) is one call of the kernels' `llama_attention`.
 As about thirty small torch calls a layer, the time outside the kernels was about a quarter of a
 135M model's dense decode step under cProfile (`python benchmarks/probes.py decode-parts
---threads 2`), a fixed cost that hid what a sparse MLP buys. The MLP still runs through
-`layer.mlp`.
+--threads 2`), a fixed cost that hid what a sparse MLP buys. The MLP runs through `layer.mlp`,
+or, where the decoder is given bound MLP kernels (`mlps`: the speed protocol's `decode.in_turn`),
+the whole step (embedding, every layer, the LM head) is one call of the kernels' `Decoder`.
 
 Every product of the step other than the MLP (q, k and v stacked, o, the LM head) goes through
 `linears`: `DenseLinears` (the fused kernels' dense matrix-vector product, for dense decoding and
@@ -132,7 +133,8 @@ class LlamaDecoder:
     `n_prompt` tokens, with room for `n_new` more; `step(token)` returns the next logits (vocab,).
     `mlps`, one kernel per layer (one token's MLP input (d,) -> its output (d,)), run instead of
     `layer.mlp`: two decoders with different MLPs can then step in turn on one model
-    (`decode.compare_speed`)."""
+    (`decode.compare_speed`). Where they are bound kernels (`kernels.ops().Mlp`) and every layer's
+    attention is fused, the whole step is one call of the kernels' `Decoder`."""
 
     def __init__(self, lm, past, n_prompt: int, n_new: int, linears: DenseLinears | None = None,
                  mlps: list | None = None):
@@ -149,6 +151,7 @@ class LlamaDecoder:
                 buf[:n_prompt] = got[0].transpose(0, 1)                # from (1, n_kv, n_prompt, hd)
                 cache.append(buf)
         self.fused = self._fused_layers()
+        self.native = self._native(n_prompt, n_new)
 
     def _fused_layers(self) -> list[tuple] | None:
         """Per layer, the fixed arguments of the kernels' `llama_attention` (the attention half
@@ -168,11 +171,35 @@ class LlamaDecoder:
                         float(layer.self_attn.scaling)))
         return out
 
+    def _native(self, first: int, n: int):
+        """The kernels' `Decoder` over this decoder's layers, caches and MLP kernels, for positions
+        first .. first + n - 1; None where the step needs Python (a layer without the fused
+        attention, an MLP module or a Python function)."""
+        ops = kernels.ops()
+        if self.fused is None or self.mlps is None or not all(isinstance(m, ops.Mlp) for m in self.mlps):
+            return None
+        h = self.body.embed_tokens.weight[:1].view(1, 1, -1)
+        rope = [self._rope(h, p) for p in range(first, first + n)]   # per position, as a step computes it
+        cos, sin = (torch.stack([r[k].reshape(-1) for r in rope]).contiguous() for k in (0, 1))
+        norm = self.body.norm
+        return ops.Decoder(self.body.embed_tokens.weight.detach(), [f + (k, v) for f, k, v in zip(self.fused, self.k, self.v)],
+                           list(self.mlps), cos, sin, norm.weight.detach().float().contiguous(),
+                           float(norm.variance_epsilon), self.linears.w_head, self.n_heads, self.n_kv, self.head_dim,
+                           first)
+
+    def _rope(self, h: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (1, 1, hd) of position p, sin's first half negated: rope(x) = x cos + roll(x) sin."""
+        hd = self.head_dim
+        cos, sin = self.body.rotary_emb(h, torch.tensor([[p]]))                    # (1, 1, hd)
+        return cos[0], torch.cat([-sin[0, :, :hd // 2], sin[0, :, hd // 2:]], -1)
+
     def step(self, token: int) -> torch.Tensor:
         p, nh, nkv, hd = self.pos, self.n_heads, self.n_kv, self.head_dim
+        if self.native is not None:
+            self.pos = p + 1
+            return self.native.step(token, p)
         h = F.embedding(torch.tensor([[token]]), self.body.embed_tokens.weight)   # (1, 1, d)
-        cos, sin = self.body.rotary_emb(h, torch.tensor([[p]]))                    # (1, 1, hd)
-        cos, sin = cos[0], torch.cat([-sin[0, :, :hd // 2], sin[0, :, hd // 2:]], -1)
+        cos, sin = self._rope(h, p)
         if self.fused is not None:
             return self._fused_step(h.view(-1), cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous())
         for i, layer in enumerate(self.body.layers):

@@ -138,6 +138,38 @@ def test_fused_attention_step_equals_the_torch_step(lm):
                 assert torch.allclose(fused.v[i], plain.v[i], atol=1e-5)
 
 
+def test_native_step_equals_the_python_step(lm):
+    """With bound MLP kernels the whole step is one call (the kernels' `Decoder`): the logits and KV
+    caches of the step driven from Python, dense and teal; a Python function as an MLP keeps the
+    Python step; a step past the positions the decoder was built for is refused."""
+    from moyu_core import llama_step
+    from moyu_core.decode import _sparse_linears, method_kernels
+    from moyu_core.preparation import prepare
+
+    ids = lm.encode(TEXT)
+    for m in (make("dense"), make("teal", keep=0.5)):
+        prepare(lm, m)
+        runs = method_kernels(lm, m)
+        with torch.inference_mode():
+            past = lm.model(torch.tensor([ids]), use_cache=True).past_key_values
+            native = llama_step.LlamaDecoder(lm, past, len(ids), 4, _sparse_linears(lm, m), runs)
+            plain = llama_step.LlamaDecoder(lm, past, len(ids), 4, _sparse_linears(lm, m), runs)
+            assert native.native is not None
+            plain.native = None
+            tok = ids[-1]
+            for _ in range(4):
+                a, b = native.step(tok), plain.step(tok)
+                assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), m.name
+                tok = int(b.argmax())
+            for i in range(lm.n_layers):
+                assert torch.allclose(native.k[i], plain.k[i], atol=1e-5)
+                assert torch.allclose(native.v[i], plain.v[i], atol=1e-5)
+            with pytest.raises(RuntimeError, match="outside the rotary table"):
+                native.step(tok)
+            as_python = [lambda x, r=r: r(x) for r in runs]
+            assert llama_step.LlamaDecoder(lm, past, len(ids), 2, None, as_python).native is None
+
+
 def test_llama_step_logits_match_transformers(lm):
     """The hand-written decode step gives transformers' logits, step after step."""
     from moyu_core import llama_step
