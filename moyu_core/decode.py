@@ -185,9 +185,8 @@ def sliced_kernels(lm, keep_idx: list[torch.Tensor]) -> list[Kernel]:
     kind = activation(lm)
 
     def make(i):
-        gu, dt = kernels.stream_layout(lm, i)
-        return kernels.ops().bind_mlp_dense(kernels.hugepage_rows(gu, keep_idx[i]), kernels.hugepage_rows(dt, keep_idx[i]),
-                                            kind)
+        gu, dt = (kernels.hugepage_rows(w, keep_idx[i]) for w in kernels.stream_layout(lm, i))
+        return kernels.ops().bind_mlp_dense(gu, dt, kind)
     return [make(i) for i in range(lm.n_layers)]
 
 

@@ -181,11 +181,10 @@ class LlamaDecoder:
         h = self.body.embed_tokens.weight[:1].view(1, 1, -1)
         rope = [self._rope(h, p) for p in range(first, first + n)]   # per position, as a step computes it
         cos, sin = (torch.stack([r[k].reshape(-1) for r in rope]).contiguous() for k in (0, 1))
-        norm = self.body.norm
-        return ops.Decoder(self.body.embed_tokens.weight.detach(), [f + (k, v) for f, k, v in zip(self.fused, self.k, self.v)],
-                           list(self.mlps), cos, sin, norm.weight.detach().float().contiguous(),
-                           float(norm.variance_epsilon), self.linears.w_head, self.n_heads, self.n_kv, self.head_dim,
-                           first)
+        norm, layers = self.body.norm, [f + (k, v) for f, k, v in zip(self.fused, self.k, self.v)]
+        return ops.Decoder(self.body.embed_tokens.weight.detach(), layers, list(self.mlps), cos, sin,
+                           norm.weight.detach().float().contiguous(), float(norm.variance_epsilon),
+                           self.linears.w_head, self.n_heads, self.n_kv, self.head_dim, first)
 
     def _rope(self, h: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (1, 1, hd) of position p, sin's first half negated: rope(x) = x cos + roll(x) sin."""
@@ -196,8 +195,9 @@ class LlamaDecoder:
     def step(self, token: int) -> torch.Tensor:
         p, nh, nkv, hd = self.pos, self.n_heads, self.n_kv, self.head_dim
         if self.native is not None:
+            logits = self.native.step(token, p)
             self.pos = p + 1
-            return self.native.step(token, p)
+            return logits
         h = F.embedding(torch.tensor([[token]]), self.body.embed_tokens.weight)   # (1, 1, d)
         cos, sin = self._rope(h, p)
         if self.fused is not None:

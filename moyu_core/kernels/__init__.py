@@ -13,9 +13,9 @@ Each MLP is kept in the layout its access needs (why: `sparse_decode.cpp`), buil
 weights once per model on first use and kept with it (`LoadedModel.derived`), in 2 MiB-aligned
 memory advised for transparent huge pages: `stream_layout` (dense, z-based), `gate_layout`
 (gate-based), `records` (routers), `router_blocks` (dejavu's router), `teal_layout` and
-`transposed` (input-channel skipping), `rows` (other dense products). On this kind of CPU (2-core AMD EPYC, AVX-512) these kernels read a
-decode step's weights about twice as fast as torch's matrix-vector product, so every executed
-decode, dense included, runs on them.
+`transposed` (input-channel skipping), `rows` (other dense products). On this kind of CPU (2-core
+AMD EPYC, AVX-512) these kernels read a decode step's weights about twice as fast as torch's
+matrix-vector product, so every executed decode, dense included, runs on them.
 """
 from __future__ import annotations
 

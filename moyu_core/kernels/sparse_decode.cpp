@@ -45,8 +45,6 @@ namespace {
 #define MOYU_CLONES
 #endif
 
-constexpr int64_t ALIGN = 16;   // column splits fall on 64-byte boundaries
-
 enum Act : int64_t { SILU = 0, GELU_TANH = 1, GELU = 2, RELU = 3 };
 
 inline float act(float g, int64_t kind) {
@@ -814,7 +812,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // the MLP kernels above bound to a layer's weights and settings: Mlp(x) runs them on x
   pybind11::class_<Mlp>(m, "Mlp").def("__call__", &Mlp::operator());
   using T = torch::Tensor;
-  m.def("bind_mlp_dense", [](T gu, T dt, int64_t kind) { return Mlp{[=](const T& x) { return mlp_dense(gu, dt, x, kind); }}; });
+  m.def("bind_mlp_dense", [](T gu, T dt, int64_t kind) {
+    return Mlp{[=](const T& x) { return mlp_dense(gu, dt, x, kind); }};
+  });
   m.def("bind_mlp_z_threshold", [](T gu, T dt, int64_t kind, double t, T scale) {
     return Mlp{[=](const T& x) { return mlp_z_threshold(gu, dt, x, kind, t, scale); }};
   });
