@@ -839,6 +839,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Decoder>(m, "Decoder")
       .def(pybind11::init<T, std::vector<LayerArgs>, std::vector<Mlp>, T, T, T, double, T, int64_t, int64_t, int64_t,
                           int64_t>())
-      .def("step", &Decoder::step);
+      .def("step", &Decoder::step, pybind11::call_guard<pybind11::gil_scoped_release>());   // no Python inside
   m.def("hugepage_rows", &hugepage_rows);
 }
