@@ -5,9 +5,10 @@ for its weights, decode does not), for dense and methods alike. Llama-architectu
 with the hand-written step of `llama_step.py` (its q/k/v, o and LM head products on the kernels),
 others through transformers' forward. Every timing is labelled:
 
-- *executed*: each layer's MLP is a `KernelMLP` whose one call per token runs a fused kernel of
-  `moyu_core/kernels` that applies the method's selection itself and reads only what the method
-  keeps. Dense decoding runs the same kernels over every neuron (they read weights about twice
+- *executed*: each layer's MLP is one call per token of a fused kernel of `moyu_core/kernels`
+  (bound to its layer: `method_kernels`, `sliced_kernels`) that applies the method's selection
+  itself and reads only what the method keeps. `generate` swaps it in as a `KernelMLP`; `in_turn`
+  hands it to the decoder, whose whole step is then one call of the kernels' `Decoder`. Dense decoding runs the same kernels over every neuron (they read weights about twice
   as fast as torch's matrix-vector product here, so dense gets them too: a speed-up measures the
   skipped bytes, not a better product). Sequence-level methods (griffin, static) copy the kept
   neurons of the prompt's masks into a smaller MLP first (timed: `slice_ms`); per-token methods
