@@ -114,11 +114,11 @@ def main() -> None:
     if args.gather:
         setup_compute(args.threads)
         rows = gather(args.passes)
-        print(f"{'row floats':>10s} {'row bytes':>9s} {'share':>6s} {'rate':>5s} {'all GB/s':>8s} {'dot GB/s':>8s}  (half the rows / all; "
-              f"{args.passes} passes, {args.threads} thread(s))")
+        print(f"{'row floats':>10s} {'row bytes':>9s} {'share':>6s} {'rate':>5s} {'all GB/s':>8s} {'dot GB/s':>8s}  "
+              f"(half the rows / all; {args.passes} passes, {args.threads} thread(s))")
         for r in rows:
-            print(f"{r['row_floats']:10d} {r['row_bytes']:9d} {r['share']:6.2f} {r['rate']:5.2f} {r['all_gb_per_s']:8.1f} "
-                  f"{r['dot_gb_per_s']:8.1f}")
+            print(f"{r['row_floats']:10d} {r['row_bytes']:9d} {r['share']:6.2f} {r['rate']:5.2f} "
+                  f"{r['all_gb_per_s']:8.1f} {r['dot_gb_per_s']:8.1f}")
         if args.json:
             print(json.dumps({"threads": args.threads, "rows": rows}))
         return
